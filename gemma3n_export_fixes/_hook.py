@@ -1,0 +1,40 @@
+"""The real machinery behind the start-up trigger: a wrapt post-import hook on Gemma 3n's module.
+
+Imported only once transformers is being imported (see :mod:`gemma3n_export_fixes._startup`).
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from gemma3n_export_fixes.patch import TARGET_MODULE
+
+_registered = False
+
+
+def _on_import(module: ModuleType) -> None:
+    """Post-import hook: apply what this release needs. Never raises into the importer."""
+    try:
+        from gemma3n_export_fixes.api import ENGINE
+
+        ENGINE.apply(module)
+    except Exception as exc:  # noqa: BLE001 - the user's import of transformers must not break
+        try:
+            import warnings
+
+            from gemma3n_export_fixes.engine import Gemma3nExportFixesWarning
+
+            warnings.warn(f"gemma3n-export-fixes could not run: {exc!r}", Gemma3nExportFixesWarning, stacklevel=2)
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def register() -> None:
+    """Register the post-import hook once per process (fires at once if the module is imported)."""
+    global _registered
+    if _registered:
+        return
+    _registered = True
+    import wrapt
+
+    wrapt.register_post_import_hook(_on_import, TARGET_MODULE)

@@ -1,0 +1,73 @@
+"""Interpreter-start trigger: the only code that runs in every Python process.
+
+Contract:
+- stdlib only; imports neither torch, transformers nor wrapt (and not the rest of this package);
+- prints nothing and never raises;
+- idempotent: a venv processes ``.pth`` files twice per start (CPython issue 75723), and PEP 829
+  ``.start`` files may call :func:`install` again.
+
+What it does: unless ``GEMMA3N_EXPORT_FIXES`` turns it off, it puts one tiny finder at the front of
+``sys.meta_path``. The finder answers ``None`` for every import (so it never changes what gets
+imported) and, the first time ``transformers`` is imported, removes itself and hands over to
+:mod:`gemma3n_export_fixes._hook`, which registers a wrapt post-import hook for Gemma 3n's modelling
+module. Processes that never import transformers pay one string comparison per import.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+ENV_VAR = "GEMMA3N_EXPORT_FIXES"
+_OFF_VALUES = frozenset({"0", "false", "no", "off", "disable", "disabled"})
+TRIGGER = "transformers"
+
+
+def disabled_by_env() -> bool:
+    """True when ``GEMMA3N_EXPORT_FIXES`` asks for this process to stay unpatched."""
+    return os.environ.get(ENV_VAR, "").strip().lower() in _OFF_VALUES
+
+
+class _TransformersTrigger:
+    """A meta-path finder that never finds anything; it only notices ``import transformers``."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001, ANN201 - importlib protocol
+        if fullname == TRIGGER:
+            _hand_over()
+        return None
+
+    def invalidate_caches(self) -> None:
+        pass
+
+
+_armed = False  # set once per process: by install() or by the hand-over
+
+
+def _remove_trigger() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TransformersTrigger)]
+
+
+def _hand_over() -> None:
+    """Leave the start-up path: register the real post-import hook (imports wrapt lazily)."""
+    _remove_trigger()
+    try:
+        from gemma3n_export_fixes import _hook
+
+        _hook.register()
+    except Exception:  # noqa: BLE001 - a failure here must never break `import transformers`
+        pass
+
+
+def install() -> None:
+    """Arm the trigger for this process. Safe to call any number of times; never raises."""
+    global _armed
+    try:
+        if _armed or disabled_by_env():
+            return
+        _armed = True
+        if TRIGGER in sys.modules:  # transformers already imported: hand over at once
+            _hand_over()
+        else:
+            sys.meta_path.insert(0, _TransformersTrigger())
+    except Exception:  # noqa: BLE001
+        pass

@@ -1,0 +1,273 @@
+"""The patch engine: decides, installs, undoes and reports; one lock, one record per patch.
+
+Contract:
+- A patch is applied when the installed transformers lies in its declared range AND every target's code
+  has a fingerprint the patch was written for. In range with other code: not applied, warned once.
+- What gets installed is the plain function the patch built (never a proxy), so every tracer sees it.
+- ``apply`` is idempotent; ``revert`` puts back the very original objects (identity), but never over a
+  replacement somebody else installed after us (that is reported, and left alone).
+- A patch that fails half-way is rolled back (undo steps run in reverse) and reported as failed.
+- All state changes hold one re-entrant lock, so concurrent apply/revert leave a consistent state.
+- Nothing here raises into the import hook's caller: the hook catches, records and warns.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from types import ModuleType
+from typing import Any
+
+from gemma3n_export_fixes.fingerprint import fingerprint
+from gemma3n_export_fixes.patch import TARGET_MODULE, Function, Patch
+
+MARKER = "__gemma3n_export_fixes__"
+
+
+class Gemma3nExportFixesWarning(UserWarning):
+    """A patch was not applied although its release range says it is needed (drift or failure)."""
+
+
+class State(str, Enum):
+    PENDING = "pending"
+    APPLIED = "applied"
+    NOT_NEEDED = "not-needed"
+    SKIPPED = "skipped-drift"
+    FAILED = "failed"
+    REVERTED = "reverted"
+
+
+@dataclass(frozen=True)
+class PatchStatus:
+    """What a patch did on this process, and why. ``to_dict`` is the JSON form."""
+
+    id: str
+    title: str
+    state: State
+    reason: str
+    transformers: str | None
+    needed_on: str
+    changes_eager_numerics: bool
+    upstream: str
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def applied(self) -> bool:
+        return self.state is State.APPLIED
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "title": self.title,
+            "state": self.state.value,
+            "reason": self.reason,
+            "transformers": self.transformers,
+            "needed_on": self.needed_on,
+            "changes_eager_numerics": self.changes_eager_numerics,
+            "upstream": self.upstream,
+            "fingerprints": dict(self.fingerprints),
+        }
+
+
+@dataclass
+class _Installed:
+    owner: Any
+    name: str
+    original: Function
+    replacement: Function
+
+
+@dataclass
+class _Record:
+    state: State
+    reason: str
+    module: ModuleType | None = None
+    transformers: str | None = None
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    installed: list[_Installed] = field(default_factory=list)
+
+
+class _Drift(Exception):
+    """A target's code is not the code the patch was written for."""
+
+
+def _transformers_version() -> str:
+    import transformers
+
+    return str(transformers.__version__)
+
+
+def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
+    """Owner, attribute name and the very object stored there (from the owner's ``__dict__``)."""
+    import wrapt
+
+    try:
+        owner, name, _ = wrapt.resolve_owner(module, path)
+    except Exception as exc:  # noqa: BLE001 - wrapt's PathResolutionError and friends
+        raise _Drift(f"{path} not found in this release ({exc})") from exc
+    return owner, name, vars(owner)[name]
+
+
+class Engine:
+    """Applies and reverts a registry of patches on transformers' Gemma 3n modelling module."""
+
+    def __init__(self, registry: Iterable[Patch]) -> None:
+        self.registry = tuple(registry)
+        self._lock = threading.RLock()
+        self._records: dict[str, _Record] = {}
+        self._warned: set[tuple[str, str]] = set()
+
+    # -- selection -----------------------------------------------------------------------------
+    def _select(self, ids: Iterable[str] | None) -> list[Patch]:
+        if ids is None:
+            return list(self.registry)
+        wanted = set(ids)
+        unknown = wanted - {p.id for p in self.registry}
+        if unknown:
+            raise KeyError(f"unknown patch id(s): {', '.join(sorted(unknown))}")
+        return [p for p in self.registry if p.id in wanted]
+
+    def applied_ids(self) -> set[str]:
+        with self._lock:
+            return {pid for pid, rec in self._records.items() if rec.state is State.APPLIED}
+
+    # -- apply ---------------------------------------------------------------------------------
+    def apply(self, module: ModuleType | None = None, ids: Iterable[str] | None = None) -> list[PatchStatus]:
+        """Apply every selected patch this release needs; returns the status of each selected patch."""
+        with self._lock:
+            if module is None:
+                module = sys.modules.get(TARGET_MODULE) or importlib.import_module(TARGET_MODULE)
+            version = _transformers_version()
+            selected = self._select(ids)
+            for patch in selected:
+                record = self._records.get(patch.id)
+                if record and record.state is State.APPLIED and record.module is module:
+                    continue
+                self._records[patch.id] = self._apply_one(patch, module, version)
+            return [self._status(p) for p in selected]
+
+    def _apply_one(self, patch: Patch, module: ModuleType, version: str) -> _Record:
+        record = _Record(State.PENDING, "", module=module, transformers=version)
+        if not patch.needed_by(version):
+            record.state = State.NOT_NEEDED
+            record.reason = f"not needed: transformers {version} is outside {patch.needed_on} ({patch.upstream})"
+            return record
+        try:
+            originals = self._check_targets(patch, module, record)
+        except _Drift as exc:
+            record.state = State.SKIPPED
+            record.reason = f"skipped: {exc}; transformers {version} should need it ({patch.needed_on})"
+            self._warn(patch, record.reason)
+            return record
+        try:
+            replacements = patch.build({path: originals[path][2] for path in originals})
+            for path, replacement in replacements.items():
+                owner, name, original = originals[path]
+                setattr(replacement, MARKER, patch.id)
+                setattr(owner, name, replacement)
+                record.installed.append(_Installed(owner, name, original, replacement))
+        except Exception as exc:  # noqa: BLE001 - roll back whatever was installed, report
+            problems = self._undo(record)
+            record.state = State.FAILED
+            record.reason = f"failed and rolled back: {type(exc).__name__}: {exc}" + "".join(
+                f"; {p}" for p in problems
+            )
+            self._warn(patch, record.reason)
+            return record
+        record.state = State.APPLIED
+        record.reason = f"applied: transformers {version} is in {patch.needed_on} and the code matches"
+        if patch.changes_eager_numerics and patch.notes:
+            record.reason += f"; {patch.notes[0]}"
+        return record
+
+    def _check_targets(
+        self, patch: Patch, module: ModuleType, record: _Record
+    ) -> dict[str, tuple[Any, str, Function]]:
+        originals: dict[str, tuple[Any, str, Function]] = {}
+        for target in patch.targets:
+            owner, name, original = _resolve(module, target.path)
+            if getattr(original, MARKER, None) is not None:
+                raise _Drift(f"{target.path} already holds a gemma3n-export-fixes function from another engine")
+            try:
+                found = fingerprint(original)
+            except (OSError, TypeError, SyntaxError, ValueError) as exc:
+                raise _Drift(f"{target.path}: source unavailable for fingerprinting ({exc})") from exc
+            record.fingerprints[target.path] = found
+            if found not in target.fingerprints:
+                raise _Drift(
+                    f"{target.path} has code (fingerprint {found}) this patch was not written for "
+                    f"(known: {', '.join(f'{fp} [{rel}]' for fp, rel in target.fingerprints.items())})"
+                )
+            if target.replaced:
+                originals[target.path] = (owner, name, original)
+        return originals
+
+    # -- revert --------------------------------------------------------------------------------
+    def revert(self, ids: Iterable[str] | None = None) -> list[PatchStatus]:
+        """Put back the original objects of every selected applied patch."""
+        with self._lock:
+            selected = self._select(ids)
+            for patch in selected:
+                record = self._records.get(patch.id)
+                if record is None or record.state is not State.APPLIED:
+                    continue
+                problems = self._undo(record)
+                record.state = State.REVERTED
+                record.reason = "reverted: the upstream code is back" + "".join(f"; {p}" for p in problems)
+            return [self._status(p) for p in selected]
+
+    @staticmethod
+    def _undo(record: _Record) -> list[str]:
+        problems = []
+        while record.installed:
+            step = record.installed.pop()
+            current = vars(step.owner).get(step.name)
+            if current is step.replacement:
+                setattr(step.owner, step.name, step.original)
+            else:
+                problems.append(
+                    f"{step.owner.__name__}.{step.name} was replaced by someone else after us; left as it is"
+                )
+        return problems
+
+    # -- status --------------------------------------------------------------------------------
+    def status(self, ids: Iterable[str] | None = None) -> list[PatchStatus]:
+        """The status of each selected patch, without importing anything."""
+        with self._lock:
+            return [self._status(p) for p in self._select(ids)]
+
+    def _status(self, patch: Patch) -> PatchStatus:
+        record = self._records.get(patch.id)
+        if record is None:
+            record = _Record(State.PENDING, self._pending_reason())
+        return PatchStatus(
+            id=patch.id,
+            title=patch.title,
+            state=record.state,
+            reason=record.reason,
+            transformers=record.transformers,
+            needed_on=str(patch.needed_on),
+            changes_eager_numerics=patch.changes_eager_numerics,
+            upstream=patch.upstream,
+            fingerprints=dict(record.fingerprints),
+        )
+
+    @staticmethod
+    def _pending_reason() -> str:
+        from gemma3n_export_fixes._startup import ENV_VAR, disabled_by_env
+
+        if disabled_by_env():
+            return f"pending: {ENV_VAR} turns the automatic patching off in this process (apply() still works)"
+        return "pending: transformers' Gemma 3n modelling module has not been imported in this process"
+
+    def _warn(self, patch: Patch, reason: str) -> None:
+        key = (patch.id, reason)
+        if key in self._warned:
+            return
+        self._warned.add(key)
+        warnings.warn(f"gemma3n-export-fixes: {patch.id}: {reason}", Gemma3nExportFixesWarning, stacklevel=3)

@@ -1,0 +1,58 @@
+"""Drift fingerprints: a short hash of a function's code that ignores what cannot change behaviour.
+
+The fingerprint of a function is the sha256 (first 16 hex digits) of a canonical dump of its AST:
+comments, formatting and the docstring do not count; names, constants, decorators and structure do.
+The dump skips empty/None fields and expression contexts, so the same source hashes the same on
+Python 3.10-3.13 (newer Pythons add fields such as ``type_params`` that are empty for this code).
+
+Reproduce one by hand::
+
+    python -c "import transformers.models.gemma3n.modeling_gemma3n as m, gemma3n_export_fixes.fingerprint as f;\
+print(f.fingerprint(m.Gemma3nTextMLP._gaussian_topk))"
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import textwrap
+from collections.abc import Callable
+from typing import Any
+
+_SKIPPED_FIELDS = frozenset({"ctx", "kind", "type_comment"})
+
+
+def _canon(node: Any) -> str:
+    if isinstance(node, ast.AST):
+        parts = [type(node).__name__]
+        for name, value in ast.iter_fields(node):
+            if name in _SKIPPED_FIELDS or value is None or value == []:
+                continue
+            parts.append(f"{name}={_canon(value)}")
+        return "(" + " ".join(parts) + ")"
+    if isinstance(node, list):
+        return "[" + ",".join(_canon(item) for item in node) + "]"
+    return repr(node)
+
+
+def _strip_docstring(func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+    body = func.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if isinstance(body[0].value.value, str):
+            func.body = body[1:] or [ast.Pass()]
+
+
+def source_fingerprint(source: str) -> str:
+    """Fingerprint of the first function definition in ``source`` (any indentation)."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            _strip_docstring(node)
+            return hashlib.sha256(_canon(node).encode()).hexdigest()[:16]
+    raise ValueError("no function definition in source")
+
+
+def fingerprint(func: Callable[..., Any]) -> str:
+    """Fingerprint of a function object, following ``__wrapped__`` to the decorated source."""
+    return source_fingerprint(inspect.getsource(inspect.unwrap(func)))

@@ -1,0 +1,61 @@
+"""What a patch declares: its target code, the releases that need it, and how to build the fix.
+
+A patch module (one per fix, under :mod:`gemma3n_export_fixes.patches`) defines one :class:`Patch`.
+The engine (:mod:`gemma3n_export_fixes.engine`) decides whether to apply it and does the
+installing, undoing and reporting; a patch only says *what* and *why*.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+#: The module every patch targets.
+TARGET_MODULE = "transformers.models.gemma3n.modeling_gemma3n"
+
+Function = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One attribute of the target module the patch depends on.
+
+    ``path`` is dotted from the module (``"Gemma3nTextMLP._gaussian_topk"``). ``fingerprints`` maps each
+    known fingerprint (see :mod:`gemma3n_export_fixes.fingerprint`) of the upstream code to the releases
+    where it was seen. ``replaced`` is False for code the fix relies on but does not replace (for
+    example a caller that must keep forwarding ``**kwargs``): it is checked, never touched.
+    """
+
+    path: str
+    fingerprints: Mapping[str, str]
+    replaced: bool = True
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A reversible fix for one defect in transformers' Gemma 3n code.
+
+    ``needed_on`` is the PEP 440 range of transformers releases that have the defect (pre-releases
+    included); ``verified_through`` is the newest release whose code was checked by hand. ``build``
+    receives the original upstream functions (``{path: function}``, replaced targets only) and returns
+    the plain functions to install at the same paths; it must not touch anything itself.
+    """
+
+    id: str
+    title: str
+    defect: str
+    needed_on: SpecifierSet
+    verified_through: str
+    targets: tuple[Target, ...]
+    build: Callable[[Mapping[str, Function]], Mapping[str, Function]]
+    changes_eager_numerics: bool = False
+    upstream: str = ""
+    notes: tuple[str, ...] = field(default=())
+
+    def needed_by(self, transformers_version: str) -> bool:
+        """True when ``transformers_version`` lies in :attr:`needed_on` (pre-releases count)."""
+        return self.needed_on.contains(Version(transformers_version), prereleases=True)

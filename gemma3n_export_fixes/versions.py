@@ -1,0 +1,34 @@
+"""Installed versions of the stack, read from package metadata (imports none of the packages)."""
+
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+from packaging.version import InvalidVersion, Version
+
+STACK = ("torch", "transformers", "executorch", "torchao")
+
+
+def distribution_version(name: str) -> str | None:
+    """The installed version string of distribution ``name``, or None when it is not installed."""
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def parse(version: str) -> Version | None:
+    try:
+        return Version(version)
+    except InvalidVersion:
+        return None
+
+
+def stack_versions() -> dict[str, str | None]:
+    """Python, this package and the four libraries an export needs: name -> version (None: absent)."""
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    found["gemma3n-export-fixes"] = distribution_version("gemma3n-export-fixes")
+    for name in STACK:
+        found[name] = distribution_version(name)
+    return found
