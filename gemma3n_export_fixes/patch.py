@@ -35,6 +35,25 @@ class Target:
     replaced: bool = True
 
 
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """``Type: first non-empty line of the message`` (shortened): how reports name an error."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """The outcome of a patch's reproducer on the code currently installed.
+
+    ``bug`` is True when the defect showed; ``error`` names the exception family when it showed as one.
+    """
+
+    bug: bool
+    detail: str
+    error: str | None = None
+
+
 @dataclass(frozen=True)
 class Patch:
     """A reversible fix for one defect in transformers' Gemma 3n code.
@@ -42,7 +61,8 @@ class Patch:
     ``needed_on`` is the PEP 440 range of transformers releases that have the defect (pre-releases
     included); ``verified_through`` is the newest release whose code was checked by hand. ``build``
     receives the original upstream functions (``{path: function}``, replaced targets only) and returns
-    the plain functions to install at the same paths; it must not touch anything itself.
+    the plain functions to install at the same paths; it must not touch anything itself. ``reproduce``
+    runs the defect's reproducer against whatever code is installed right now (patched or not).
     """
 
     id: str
@@ -52,6 +72,7 @@ class Patch:
     verified_through: str
     targets: tuple[Target, ...]
     build: Callable[[Mapping[str, Function]], Mapping[str, Function]]
+    reproduce: Callable[[], Reproduction] | None = None
     changes_eager_numerics: bool = False
     upstream: str = ""
     notes: tuple[str, ...] = field(default=())

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.patch import Function, Patch, Target
+from gemma3n_export_fixes.patch import Function, Patch, Reproduction, Target, first_line
 
 PATH = "Gemma3nTextAltUp.correct"
 
@@ -51,6 +51,44 @@ def build(originals: Mapping[str, Function]) -> dict[str, Function]:
     return {PATH: correct}
 
 
+def reproduce() -> Reproduction:
+    """Export ``Gemma3nTextAltUp.correct`` (non-strict, eval) with coefficients outside the clip range.
+
+    Upstream: the export fails on the mutated parameter, and an eager eval call rewrites the weights.
+    Fixed: exports, leaves the parameter untouched, and matches an out-of-place clamp.
+    """
+    import torch
+    from transformers.models.gemma3n import modeling_gemma3n
+
+    from gemma3n_export_fixes.tiny import tiny_text_config
+
+    config = tiny_text_config()
+    torch.manual_seed(0)
+    altup = modeling_gemma3n.Gemma3nTextAltUp(config).eval()
+    with torch.no_grad():
+        altup.correction_coefs.weight.uniform_(-3 * config.altup_coef_clip, 3 * config.altup_coef_clip)
+    before = altup.correction_coefs.weight.detach().clone()
+
+    class Correct(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.altup = altup
+
+        def forward(self, predictions: torch.Tensor, activated: torch.Tensor) -> torch.Tensor:
+            return self.altup.correct(predictions, activated)
+
+    example = (torch.randn(config.altup_num_inputs, 1, 3, config.hidden_size), torch.randn(1, 3, config.hidden_size))
+    try:
+        torch.export.export(Correct().eval(), example, strict=False)
+    except Exception as exc:  # noqa: BLE001 - the defect shows as an exception; report its family
+        return Reproduction(True, f"torch.export: {first_line(exc)}", type(exc).__name__)
+    with torch.no_grad():
+        altup.correct(*example)
+    if not torch.equal(altup.correction_coefs.weight, before):
+        return Reproduction(True, "an eval forward clamped correction_coefs.weight in place", "parameter-mutated")
+    return Reproduction(False, "eval forward left the parameter untouched and torch.export succeeded")
+
+
 PATCH = Patch(
     id="altup-clamp",
     title="Gemma3nTextAltUp.correct without an in-place parameter write in eval",
@@ -62,5 +100,6 @@ PATCH = Patch(
     verified_through="5.0.0rc3",
     targets=(Target(PATH, {"826afbde0aea9afc": "4.53.0 - 5.0.0rc3"}),),
     build=build,
+    reproduce=reproduce,
     upstream="fixed: 5.0.0 guards the clamp with self.training; 5.2.0 clamps out of place (PR #43801)",
 )

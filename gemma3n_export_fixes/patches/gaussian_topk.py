@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.patch import Function, Patch, Target
+from gemma3n_export_fixes.patch import Function, Patch, Reproduction, Target, first_line
 
 PATH = "Gemma3nTextMLP._gaussian_topk"
 
@@ -99,6 +99,32 @@ def build(originals: Mapping[str, Function]) -> dict[str, Function]:
     return {PATH: _gaussian_topk}
 
 
+def reproduce() -> Reproduction:
+    """Export one sparse ``Gemma3nTextMLP`` (non-strict) and lower it with ``to_edge``.
+
+    Upstream: ``SpecViolationError`` (``aten.erfinv`` is not core ATen). Fixed: lowers, no ``erfinv``.
+    """
+    import torch
+    from executorch.exir import to_edge
+    from transformers.models.gemma3n import modeling_gemma3n
+
+    from gemma3n_export_fixes.tiny import tiny_text_config
+
+    torch.manual_seed(0)
+    mlp = modeling_gemma3n.Gemma3nTextMLP(tiny_text_config(), layer_idx=0).eval()
+    example = (torch.randn(1, 4, mlp.hidden_size),)
+    try:
+        exported = torch.export.export(mlp, example, strict=False)
+        edge = to_edge(exported)
+    except Exception as exc:  # noqa: BLE001 - the defect shows as an exception; report its family
+        return Reproduction(True, first_line(exc), type(exc).__name__)
+    ops = {str(node.target) for node in edge.exported_program().graph.nodes if node.op == "call_function"}
+    erfinv = sorted(op for op in ops if "erfinv" in op)
+    if erfinv:
+        return Reproduction(True, f"to_edge passed but the graph still has {erfinv}", "erfinv-in-graph")
+    return Reproduction(False, f"exported and lowered with to_edge; {len(ops)} op kinds, no erfinv")
+
+
 PATCH = Patch(
     id="gaussian-topk",
     title="Gemma3nTextMLP._gaussian_topk without torch.distributions / erfinv",
@@ -111,5 +137,6 @@ PATCH = Patch(
     verified_through="5.23.0",
     targets=(Target(PATH, {"6a96b990e159b20a": "4.53.0 - 5.23.0 (every release so far)"}),),
     build=build,
+    reproduce=reproduce,
     upstream="open: no upstream fix yet (every release 4.53.0 - 5.23.0 has the same code)",
 )

@@ -24,7 +24,7 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.patch import Function, Patch, Target
+from gemma3n_export_fixes.patch import Function, Patch, Reproduction, Target
 
 MODEL_FORWARD = "Gemma3nTextModel.forward"
 DECODER_FORWARD = "Gemma3nTextDecoderLayer.forward"
@@ -98,6 +98,27 @@ def build(originals: Mapping[str, Function]) -> dict[str, Function]:
     return {MODEL_FORWARD: model_forward, ATTENTION_FORWARD: attention_forward}
 
 
+#: Largest |use_cache=False - use_cache=True| logit difference that still counts as equal (float32).
+TOLERANCE = 1e-4
+
+
+def reproduce() -> Reproduction:
+    """Compare the tiny model's logits with ``use_cache=False`` and ``use_cache=True`` (float32, 32 tokens)."""
+    import torch
+
+    from gemma3n_export_fixes.tiny import build_tiny_model, tiny_input_ids
+
+    model = build_tiny_model(seed=0)
+    ids = tiny_input_ids(32)
+    with torch.no_grad():
+        cached = model(input_ids=ids, use_cache=True).logits
+        uncached = model(input_ids=ids, use_cache=False).logits
+    diff = float((cached - uncached).abs().max())
+    if diff > TOLERANCE:
+        return Reproduction(True, f"use_cache=False logits differ from use_cache=True by {diff:.3g}", "logits-differ")
+    return Reproduction(False, f"use_cache=False logits equal use_cache=True logits (max abs diff {diff:.3g})")
+
+
 PATCH = Patch(
     id="kv-share-nocache",
     title="KV-shared attention layers reuse their source layer's K/V when use_cache=False",
@@ -153,6 +174,7 @@ PATCH = Patch(
         ),
     ),
     build=build,
+    reproduce=reproduce,
     changes_eager_numerics=True,
     upstream="fixed in 5.6.0 (PR #45489, aligned with Gemma 4's #45312): shared K/V passed explicitly",
     notes=(

@@ -1,0 +1,60 @@
+"""Shared fixtures: the patched Gemma 3n module, the tiny model, and exported programs built once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import gemma3n_export_fixes as gx
+from gemma3n_export_fixes.patch import TARGET_MODULE
+
+TESTS = Path(__file__).parent
+SCRIPTS = TESTS / "scripts"
+
+
+@pytest.fixture(scope="session")
+def gemma3n_module():
+    """transformers' Gemma 3n modelling module, with every patch this release needs applied."""
+    import importlib
+
+    module = importlib.import_module(TARGET_MODULE)
+    gx.apply()
+    return module
+
+
+def applied(patch_id: str) -> bool:
+    return any(s.id == patch_id and s.applied for s in gx.status())
+
+
+def require_applied(patch_id: str) -> None:
+    """Skip (with the reason) when this transformers release does not need ``patch_id``."""
+    import transformers
+
+    if not applied(patch_id):
+        (status,) = gx.status([patch_id])
+        pytest.skip(f"{patch_id} is {status.state.value} on transformers {transformers.__version__}: {status.reason}")
+
+
+def run_python(code_or_args: list[str], env: dict[str, str] | None = None, python: str | None = None,
+               cwd: str | Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run a fresh interpreter (the one under test unless ``python`` says otherwise)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in {"GEMMA3N_EXPORT_FIXES", "PYTHONPATH"}}
+    full_env.update(env or {})
+    return subprocess.run(
+        [python or sys.executable, *code_or_args], capture_output=True, text=True, env=full_env,
+        cwd=cwd or TESTS.parent.parent, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, gemma3n_module):
+    """The tiny model saved with ``save_pretrained``: what a user's export script loads."""
+    from gemma3n_export_fixes.tiny import build_tiny_model
+
+    path = tmp_path_factory.mktemp("tiny-checkpoint")
+    build_tiny_model(seed=0).save_pretrained(path)
+    return path
