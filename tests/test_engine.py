@@ -1,0 +1,200 @@
+"""The engine's contract: idempotent apply, identity-restoring revert, drift, rollback, thread safety."""
+
+from __future__ import annotations
+
+import random
+import threading
+import warnings
+from collections.abc import Iterator, Mapping
+
+import pytest
+from packaging.specifiers import SpecifierSet
+
+import gemma3n_export_fixes as gx
+from gemma3n_export_fixes.engine import MARKER, Engine, Gemma3nExportFixesWarning, State
+from gemma3n_export_fixes.fingerprint import fingerprint
+from gemma3n_export_fixes.patch import Patch, Target
+from gemma3n_export_fixes.patches import REGISTRY
+
+
+def _targets(module):
+    """(owner, name) of every replaced target of the patches applied on this release."""
+    out = []
+    for patch in REGISTRY:
+        if patch.id in gx.api.ENGINE.applied_ids():
+            for target in patch.targets:
+                if target.replaced:
+                    cls, name = target.path.split(".")
+                    out.append((getattr(module, cls), name))
+    return out
+
+
+def test_apply_twice_changes_nothing(gemma3n_module):
+    gx.apply()
+    before = {(o, n): vars(o)[n] for o, n in _targets(gemma3n_module)}
+    assert before, "at least gaussian-topk applies on every release"
+    statuses = gx.apply()
+    assert {(o, n): vars(o)[n] for o, n in _targets(gemma3n_module)} == before
+    assert all(getattr(f, MARKER, None) for f in before.values())
+    assert [s.state for s in statuses] == [s.state for s in gx.status()]
+
+
+def test_revert_restores_the_very_original_objects(gemma3n_module):
+    targets = _targets(gemma3n_module)
+    with gx.unpatched():
+        originals = {(o, n): vars(o)[n] for o, n in targets}
+    assert all(getattr(f, MARKER, None) is None for f in originals.values())
+    gx.revert()
+    try:
+        for (owner, name), original in originals.items():
+            assert vars(owner)[name] is original
+        assert all(s.state in (State.REVERTED, State.NOT_NEEDED) for s in gx.status())
+    finally:
+        gx.apply()
+    assert all(getattr(vars(o)[n], MARKER, None) for o, n in targets)
+
+
+def test_unpatched_and_patched_context_managers(gemma3n_module):
+    mlp = gemma3n_module.Gemma3nTextMLP
+    assert getattr(mlp._gaussian_topk, MARKER, None) == "gaussian-topk"
+    with gx.unpatched(["gaussian-topk"]):
+        assert getattr(mlp._gaussian_topk, MARKER, None) is None
+        with gx.patched(["gaussian-topk"]) as statuses:
+            assert statuses[0].applied
+            assert getattr(mlp._gaussian_topk, MARKER, None) == "gaussian-topk"
+        assert getattr(mlp._gaussian_topk, MARKER, None) is None
+    assert getattr(mlp._gaussian_topk, MARKER, None) == "gaussian-topk"
+
+
+def test_every_patch_reports_a_state_and_a_reason(gemma3n_module):
+    statuses = gx.status()
+    assert [s.id for s in statuses] == [p.id for p in REGISTRY]
+    for s in statuses:
+        assert s.state in {State.APPLIED, State.NOT_NEEDED}
+        assert s.reason.startswith(s.state.value.split("-")[0])
+        assert s.to_dict()["state"] == s.state.value
+    kv = next(s for s in statuses if s.id == "kv-share-nocache")
+    assert kv.changes_eager_numerics
+    if kv.applied:
+        assert "changes eager numbers on purpose" in kv.reason
+
+
+def _gaussian_patch(**changes) -> Patch:
+    """The real gaussian-topk patch with some declarations changed (for a private engine)."""
+    real = next(p for p in REGISTRY if p.id == "gaussian-topk")
+    fields = {f: getattr(real, f) for f in real.__dataclass_fields__}
+    fields.update(changes)
+    return Patch(**fields)
+
+
+def test_drift_in_range_is_skipped_and_warned_once_naming_the_patch(gemma3n_module):
+    drifted = _gaussian_patch(
+        id="gaussian-topk-drift",
+        targets=(Target("Gemma3nTextMLP._gaussian_topk", {"0000000000000000": "a release that never was"}),),
+    )
+    engine = Engine([drifted])
+    with gx.unpatched(["gaussian-topk"]):
+        original = vars(gemma3n_module.Gemma3nTextMLP)["_gaussian_topk"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (status,) = engine.apply(gemma3n_module)
+            engine.revert()
+            engine.apply(gemma3n_module)
+        assert status.state is State.SKIPPED
+        assert fingerprint(original) in status.reason and "gaussian-topk-drift" not in status.reason
+        assert vars(gemma3n_module.Gemma3nTextMLP)["_gaussian_topk"] is original
+        ours = [w for w in caught if issubclass(w.category, Gemma3nExportFixesWarning)]
+        assert len(ours) == 1 and "gaussian-topk-drift" in str(ours[0].message)
+
+
+def test_out_of_range_release_is_not_needed_and_silent(gemma3n_module):
+    engine = Engine([_gaussian_patch(id="old-only", needed_on=SpecifierSet("<4.0"))])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        (status,) = engine.apply(gemma3n_module)
+    assert status.state is State.NOT_NEEDED and "outside" in status.reason
+
+
+class _FailsAfterFirst(Mapping):
+    """A build result that yields one replacement, then fails: a patch that breaks half-way."""
+
+    def __init__(self, first):
+        self.first = first
+
+    def __getitem__(self, key):
+        return self.first[key]
+
+    def __len__(self):
+        return 2
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self.first
+        raise RuntimeError("boom half-way")
+
+
+def test_a_patch_failing_half_way_is_rolled_back_and_reported(gemma3n_module):
+    real_build = next(p for p in REGISTRY if p.id == "gaussian-topk").build
+    broken = _gaussian_patch(id="half-way", build=lambda originals: _FailsAfterFirst(real_build(originals)))
+    engine = Engine([broken])
+    with gx.unpatched(["gaussian-topk"]):
+        original = vars(gemma3n_module.Gemma3nTextMLP)["_gaussian_topk"]
+        with pytest.warns(Gemma3nExportFixesWarning, match="half-way"):
+            (status,) = engine.apply(gemma3n_module)
+        assert status.state is State.FAILED and "boom half-way" in status.reason
+        assert vars(gemma3n_module.Gemma3nTextMLP)["_gaussian_topk"] is original
+
+
+def test_revert_leaves_a_later_foreign_replacement_alone(gemma3n_module):
+    engine = Engine([_gaussian_patch(id="mine")])
+    with gx.unpatched(["gaussian-topk"]):
+        cls = gemma3n_module.Gemma3nTextMLP
+        original = vars(cls)["_gaussian_topk"]
+        engine.apply(gemma3n_module)
+
+        def foreign(self, inputs):
+            return original(self, inputs)
+
+        cls._gaussian_topk = foreign
+        try:
+            (status,) = engine.revert()
+            assert "replaced by someone else" in status.reason
+            assert vars(cls)["_gaussian_topk"] is foreign
+        finally:
+            cls._gaussian_topk = original
+
+
+def test_concurrent_apply_and_revert_leave_a_consistent_state(gemma3n_module):
+    targets = _targets(gemma3n_module)
+    with gx.unpatched():
+        originals = {(o, n): vars(o)[n] for o, n in targets}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            barrier.wait()
+            for _ in range(40):
+                ids = rng.choice([None, ["gaussian-topk"], [p.id for p in REGISTRY]])
+                (gx.apply if rng.random() < 0.5 else gx.revert)(ids)
+                with gx.unpatched(ids):
+                    pass
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    applied = gx.api.ENGINE.applied_ids()
+    for patch in REGISTRY:
+        for target in (t for t in patch.targets if t.replaced):
+            cls, name = target.path.split(".")
+            current = vars(getattr(gemma3n_module, cls))[name]
+            assert (getattr(current, MARKER, None) == patch.id) == (patch.id in applied)
+    gx.revert()
+    for (owner, name), original in originals.items():
+        assert vars(owner)[name] is original
+    gx.apply()
