@@ -41,11 +41,11 @@ def _activation_files() -> list[str]:
 def _import_gemma3n(versions: dict[str, str | None]) -> None:
     import importlib
 
+    if versions.get("transformers") is None:
+        raise UserError("transformers is not installed: nothing to patch (pip install 'transformers>=4.53')")
     from gemma3n_export_fixes._startup import install
     from gemma3n_export_fixes.patch import TARGET_MODULE
 
-    if versions.get("transformers") is None:
-        raise UserError("transformers is not installed: nothing to patch (pip install 'transformers>=4.53')")
     install()  # what the .pth does at start-up; honours GEMMA3N_EXPORT_FIXES
     try:
         importlib.import_module(TARGET_MODULE)

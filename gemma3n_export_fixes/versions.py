@@ -1,11 +1,9 @@
-"""Installed versions of the stack, read from package metadata (imports none of the packages)."""
+"""Installed versions of the stack, read from package metadata (imports none of the packages, stdlib only)."""
 
 from __future__ import annotations
 
 import platform
 from importlib import metadata
-
-from packaging.version import InvalidVersion, Version
 
 STACK = ("torch", "transformers", "executorch", "torchao")
 
@@ -15,13 +13,6 @@ def distribution_version(name: str) -> str | None:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
-        return None
-
-
-def parse(version: str) -> Version | None:
-    try:
-        return Version(version)
-    except InvalidVersion:
         return None
 
 
