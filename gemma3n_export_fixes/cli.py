@@ -61,11 +61,11 @@ def _import_gemma3n(versions: dict[str, str | None]) -> None:
 
 def status_record() -> dict[str, Any]:
     """The machine-readable status: versions, activation, and one entry per patch."""
+    versions = stack_versions()
+    _import_gemma3n(versions)
     from gemma3n_export_fixes import api
     from gemma3n_export_fixes._startup import disabled_by_env
 
-    versions = stack_versions()
-    _import_gemma3n(versions)
     return {
         "versions": versions,
         "activation": {"files": _activation_files(), "disabled_by_env": disabled_by_env()},
