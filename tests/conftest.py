@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -41,12 +42,16 @@ def require_applied(patch_id: str) -> None:
 
 def run_python(code_or_args: list[str], env: dict[str, str] | None = None, python: str | None = None,
                cwd: str | Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """Run a fresh interpreter (the one under test unless ``python`` says otherwise)."""
+    """Run a fresh interpreter (the one under test unless ``python`` says otherwise).
+
+    The working directory defaults to the temp dir, so ``-m gemma3n_export_fixes...`` imports the
+    installed package (what users run), never the checkout.
+    """
     full_env = {k: v for k, v in os.environ.items() if k not in {"GEMMA3N_EXPORT_FIXES", "PYTHONPATH"}}
     full_env.update(env or {})
     return subprocess.run(
         [python or sys.executable, *code_or_args], capture_output=True, text=True, env=full_env,
-        cwd=cwd or TESTS.parent.parent, timeout=timeout,
+        cwd=cwd or tempfile.gettempdir(), timeout=timeout,
     )
 
 
