@@ -1,9 +1,9 @@
 """Sessions, all driven by the one pinned grid in matrix/grid.toml.
 
-    nox -s check                     # the main job on the default stack (provisional: status + tiny export)
-    nox -s tests                     # the test suite on every row tagged "ci"
-    nox -s "tests(tf4.57.6-et1.5.1)" # one row
-    nox -l --json                    # the sessions, for a CI fan-out
+nox -s check                     # the main job on the default stack (provisional: status + tiny export)
+nox -s tests                     # the test suite on every row tagged "ci"
+nox -s "tests(tf4.57.6-et1.5.1)" # one row
+nox -l --json                    # the sessions, for a CI fan-out
 """
 
 from __future__ import annotations

@@ -33,13 +33,18 @@ def main() -> int:
     print(f"[1/3] tiny Gemma 3n text decoder: {params:,} parameters -> {checkpoint}", flush=True)
 
     start = time.perf_counter()
-    export = subprocess.run([sys.executable, str(SEED_STYLE), str(checkpoint), str(pte)], capture_output=True, text=True)
+    export = subprocess.run(
+        [sys.executable, str(SEED_STYLE), str(checkpoint), str(pte)], capture_output=True, text=True
+    )
     if export.returncode != 0:
         print(export.stderr[-3000:], file=sys.stderr)
         print("export failed", file=sys.stderr)
         return 1
-    print(f"[2/3] seed-style export (torch.export strict=False -> to_edge -> to_executorch): "
-          f"{time.perf_counter() - start:.1f} s, {pte.stat().st_size / 1e6:.2f} MB -> {pte}", flush=True)
+    print(
+        f"[2/3] seed-style export (torch.export strict=False -> to_edge -> to_executorch): "
+        f"{time.perf_counter() - start:.1f} s, {pte.stat().st_size / 1e6:.2f} MB -> {pte}",
+        flush=True,
+    )
 
     from executorch.runtime import Runtime
 
@@ -50,8 +55,10 @@ def main() -> int:
     diff = float((logits - expected).abs().max())
     top1 = float((logits.argmax(-1) == expected.argmax(-1)).float().mean())
     ok = diff < 1e-4 and top1 == 1.0 and bool(torch.isfinite(logits).all())
-    print(f"[3/3] ExecuTorch runtime vs eager use_cache=True: max abs diff {diff:.2e}, top-1 agreement "
-          f"{top1:.0%} -> {'OK' if ok else 'MISMATCH'}")
+    print(
+        f"[3/3] ExecuTorch runtime vs eager use_cache=True: max abs diff {diff:.2e}, top-1 agreement "
+        f"{top1:.0%} -> {'OK' if ok else 'MISMATCH'}"
+    )
     print("patches: " + ", ".join(f"{s.id}={s.state.value}" for s in gx.status()))
     return 0 if ok else 1
 

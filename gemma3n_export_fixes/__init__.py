@@ -13,15 +13,13 @@ This module stays import-light (it is imported at interpreter start): the API lo
 
 from __future__ import annotations
 
-from typing import Any
-
-__all__ = ["apply", "revert", "status", "patched", "unpatched", "PatchStatus", "State"]
+__all__ = ["PatchStatus", "State", "apply", "patched", "revert", "status", "unpatched"]
 
 _API = {"apply", "revert", "status", "patched", "unpatched"}
 _ENGINE = {"PatchStatus", "State", "Gemma3nExportFixesWarning"}
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:  # no `typing` import: this module loads at every start-up
     if name in _API:
         from gemma3n_export_fixes import api
 

@@ -18,14 +18,14 @@ def _on_import(module: ModuleType) -> None:
         from gemma3n_export_fixes.api import ENGINE
 
         ENGINE.apply(module)
-    except Exception as exc:  # noqa: BLE001 - the user's import of transformers must not break
+    except Exception as exc:
         try:
             import warnings
 
             from gemma3n_export_fixes.engine import Gemma3nExportFixesWarning
 
             warnings.warn(f"gemma3n-export-fixes could not run: {exc!r}", Gemma3nExportFixesWarning, stacklevel=2)
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass
 
 

@@ -31,7 +31,7 @@ def disabled_by_env() -> bool:
 class _TransformersTrigger:
     """A meta-path finder that never finds anything; it only notices ``import transformers``."""
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001, ANN201 - importlib protocol
+    def find_spec(self, fullname, path=None, target=None):
         if fullname == TRIGGER:
             _hand_over()
         return None
@@ -54,7 +54,7 @@ def _hand_over() -> None:
         from gemma3n_export_fixes import _hook
 
         _hook.register()
-    except Exception:  # noqa: BLE001 - a failure here must never break `import transformers`
+    except Exception:
         pass
 
 
@@ -69,5 +69,5 @@ def install() -> None:
             _hand_over()
         else:
             sys.meta_path.insert(0, _TransformersTrigger())
-    except Exception:  # noqa: BLE001
+    except Exception:
         pass

@@ -51,9 +51,7 @@ def _import_gemma3n(versions: dict[str, str | None]) -> None:
         importlib.import_module(TARGET_MODULE)
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.startswith("transformers.models.gemma3n"):
-            raise UserError(
-                f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)"
-            ) from None
+            raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)") from None
         raise UserError(f"cannot import {TARGET_MODULE}: {exc}") from None
     except ImportError as exc:
         raise UserError(f"cannot import {TARGET_MODULE}: {exc}") from None

@@ -108,7 +108,7 @@ def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
 
     try:
         owner, name, _ = wrapt.resolve_owner(module, path)
-    except Exception as exc:  # noqa: BLE001 - wrapt's PathResolutionError and friends
+    except Exception as exc:
         raise _Drift(f"{path} not found in this release ({exc})") from exc
     return owner, name, vars(owner)[name]
 
@@ -171,12 +171,10 @@ class Engine:
                 setattr(replacement, MARKER, patch.id)
                 setattr(owner, name, replacement)
                 record.installed.append(_Installed(owner, name, original, replacement))
-        except Exception as exc:  # noqa: BLE001 - roll back whatever was installed, report
+        except Exception as exc:
             problems = self._undo(record)
             record.state = State.FAILED
-            record.reason = f"failed and rolled back: {type(exc).__name__}: {exc}" + "".join(
-                f"; {p}" for p in problems
-            )
+            record.reason = f"failed and rolled back: {type(exc).__name__}: {exc}" + "".join(f"; {p}" for p in problems)
             self._warn(patch, record.reason)
             return record
         record.state = State.APPLIED
@@ -185,9 +183,7 @@ class Engine:
             record.reason += f"; {patch.notes[0]}"
         return record
 
-    def _check_targets(
-        self, patch: Patch, module: ModuleType, record: _Record
-    ) -> dict[str, tuple[Any, str, Function]]:
+    def _check_targets(self, patch: Patch, module: ModuleType, record: _Record) -> dict[str, tuple[Any, str, Function]]:
         originals: dict[str, tuple[Any, str, Function]] = {}
         for target in patch.targets:
             owner, name, original = _resolve(module, target.path)

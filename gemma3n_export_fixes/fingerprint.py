@@ -38,9 +38,9 @@ def _canon(node: Any) -> str:
 
 def _strip_docstring(func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
     body = func.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-        if isinstance(body[0].value.value, str):
-            func.body = body[1:] or [ast.Pass()]
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        func.body = body[1:] or [ast.Pass()]
 
 
 def source_fingerprint(source: str) -> str:

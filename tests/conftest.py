@@ -40,8 +40,13 @@ def require_applied(patch_id: str) -> None:
         pytest.skip(f"{patch_id} is {status.state.value} on transformers {transformers.__version__}: {status.reason}")
 
 
-def run_python(code_or_args: list[str], env: dict[str, str] | None = None, python: str | None = None,
-               cwd: str | Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code_or_args: list[str],
+    env: dict[str, str] | None = None,
+    python: str | None = None,
+    cwd: str | Path | None = None,
+    timeout: float = 900,
+) -> subprocess.CompletedProcess[str]:
     """Run a fresh interpreter (the one under test unless ``python`` says otherwise).
 
     The working directory defaults to the temp dir, so ``-m gemma3n_export_fixes...`` imports the
@@ -50,8 +55,12 @@ def run_python(code_or_args: list[str], env: dict[str, str] | None = None, pytho
     full_env = {k: v for k, v in os.environ.items() if k not in {"GEMMA3N_EXPORT_FIXES", "PYTHONPATH"}}
     full_env.update(env or {})
     return subprocess.run(
-        [python or sys.executable, *code_or_args], capture_output=True, text=True, env=full_env,
-        cwd=cwd or tempfile.gettempdir(), timeout=timeout,
+        [python or sys.executable, *code_or_args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=cwd or tempfile.gettempdir(),
+        timeout=timeout,
     )
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SCRIPTS, run_python
 
+from conftest import SCRIPTS, run_python
 from gemma3n_export_fixes.tiny import tiny_input_ids
 
 pytestmark = pytest.mark.slow

@@ -179,7 +179,7 @@ def test_concurrent_apply_and_revert_leave_a_consistent_state(gemma3n_module):
                 (gx.apply if rng.random() < 0.5 else gx.revert)(ids)
                 with gx.unpatched(ids):
                     pass
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]

@@ -16,12 +16,12 @@ def f(self, x):
 
 
 def test_comments_formatting_and_docstring_do_not_count():
-    reformatted = '''
+    reformatted = """
         def f(self,   x):
             # a new comment
             y = (x + 1)
             return y*self.k
-    '''
+    """
     assert source_fingerprint(BASE) == source_fingerprint(reformatted)
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import require_applied
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strategies import tiny_overrides
 
 import gemma3n_export_fixes as gx
+from conftest import require_applied
 from gemma3n_export_fixes.tiny import build_tiny_model
+from strategies import tiny_overrides
 
 DTYPES = st.sampled_from([torch.float32, torch.bfloat16])
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

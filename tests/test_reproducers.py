@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import require_applied
 
 import gemma3n_export_fixes as gx
+from conftest import require_applied
 from gemma3n_export_fixes.patches import REGISTRY
 
 #: The error family each defect shows on the upstream code.

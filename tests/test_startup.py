@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from conftest import TESTS, run_python
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,9 @@ def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     (built,) = out.glob("gemma3n_export_fixes-*.whl")
     return built
@@ -53,7 +56,9 @@ def with_stack(tmp_path_factory, wheel) -> str:
     python = _venv_with_wheel(tmp_path_factory.mktemp("stack-venv"), wheel)
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout.strip()
     Path(purelib, "zz_outer_stack.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return python
@@ -124,14 +129,14 @@ def test_opt_out_leaves_transformers_alone(with_stack):
 
 
 def test_python_dash_s_skips_everything(fresh_python):
-    result = run_python(["-S", "-c", f"import sys; print({TRIGGERS}, 'gemma3n_export_fixes' in sys.modules)"],
-                        python=fresh_python)
+    result = run_python(
+        ["-S", "-c", f"import sys; print({TRIGGERS}, 'gemma3n_export_fixes' in sys.modules)"], python=fresh_python
+    )
     assert (result.returncode, result.stdout.split(), result.stderr) == (0, ["0", "False"], "")
 
 
 def test_cli_without_transformers_says_so_in_one_line(fresh_python):
     result = run_python(["-m", "gemma3n_export_fixes.cli", "status"], python=fresh_python)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
-        "gemma3n-export-fixes: error: transformers is not installed: nothing to patch (pip install 'transformers>=4.53')"
-    ]
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("gemma3n-export-fixes: error: transformers is not installed: nothing to patch")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import require_applied
 
 import gemma3n_export_fixes as gx
+from conftest import require_applied
 from gemma3n_export_fixes.tiny import build_tiny_model, tiny_input_ids, tiny_text_config
 
 MODES = ["export-nonstrict", "export-strict", "compile-fullgraph"]

@@ -44,7 +44,7 @@ def _compute_outside_any_tracer(sparsity: float, device: str) -> float:
     def work() -> None:
         try:
             result.append(_upstream_quantile(sparsity, device))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+        except BaseException as exc:
             failure.append(exc)
 
     worker = threading.Thread(target=work, name="gemma3n-export-fixes-quantile", daemon=True)
@@ -74,7 +74,7 @@ def std_multiplier(sparsity: float, device_type: str = "cpu") -> float:
             if value is None:
                 try:
                     value = _compute_outside_any_tracer(key[0], "cpu" if device_type == "meta" else device_type)
-                except Exception:  # noqa: BLE001 - e.g. a device without erfinv: the CPU value
+                except Exception:
                     value = _compute_outside_any_tracer(key[0], "cpu")
                 _MULTIPLIERS[key] = value
     return value
@@ -116,7 +116,7 @@ def reproduce() -> Reproduction:
     try:
         exported = torch.export.export(mlp, example, strict=False)
         edge = to_edge(exported)
-    except Exception as exc:  # noqa: BLE001 - the defect shows as an exception; report its family
+    except Exception as exc:
         return Reproduction(True, first_line(exc), type(exc).__name__)
     ops = {str(node.target) for node in edge.exported_program().graph.nodes if node.op == "call_function"}
     erfinv = sorted(op for op in ops if "erfinv" in op)

@@ -177,7 +177,5 @@ PATCH = Patch(
     reproduce=reproduce,
     changes_eager_numerics=True,
     upstream="fixed in 5.6.0 (PR #45489, aligned with Gemma 4's #45312): shared K/V passed explicitly",
-    notes=(
-        "changes eager numbers on purpose: use_cache=False logits now equal use_cache=True logits",
-    ),
+    notes=("changes eager numbers on purpose: use_cache=False logits now equal use_cache=True logits",),
 )
