@@ -8,9 +8,10 @@ Contract:
 
 What it does: unless ``GEMMA3N_EXPORT_FIXES`` turns it off, it puts one tiny finder at the front of
 ``sys.meta_path``. The finder answers ``None`` for every import (so it never changes what gets
-imported) and, the first time ``transformers`` is imported, removes itself and hands over to
+imported) and, the first time ``transformers`` is imported, hands over to
 :mod:`gemma3n_export_fixes._hook`, which registers a wrapt post-import hook for Gemma 3n's modelling
-module. Processes that never import transformers pay one string comparison per import.
+module. The finder then stays, inert: removing it from inside ``find_spec`` would mutate the
+``sys.meta_path`` list the import system is iterating. Every import pays one string comparison.
 """
 
 from __future__ import annotations
@@ -40,16 +41,14 @@ class _TransformersTrigger:
         pass
 
 
-_armed = False  # set once per process: by install() or by the hand-over
-
-
-def _remove_trigger() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _TransformersTrigger)]
+_armed = False  # install() ran (once per process)
+_handed_over = False  # the real machinery took over (once per process)
 
 
 def _hand_over() -> None:
     """Leave the start-up path: register the real post-import hook (imports wrapt lazily)."""
-    _remove_trigger()
+    global _handed_over
+    _handed_over = True
     try:
         from gemma3n_export_fixes import _hook
 

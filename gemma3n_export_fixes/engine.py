@@ -146,7 +146,7 @@ class Engine:
             selected = self._select(ids)
             for patch in selected:
                 record = self._records.get(patch.id)
-                if record and record.state is State.APPLIED and record.module is module:
+                if record and record.state is State.APPLIED and self._intact(record, module):
                     continue
                 self._records[patch.id] = self._apply_one(patch, module, version)
             return [self._status(p) for p in selected]
@@ -202,6 +202,18 @@ class Engine:
             if target.replaced:
                 originals[target.path] = (owner, name, original)
         return originals
+
+    @staticmethod
+    def _intact(record: _Record, module: ModuleType) -> bool:
+        """Our functions are still where we put them, in the classes the module has now.
+
+        False after ``importlib.reload`` (new classes, no hook fires) or a foreign replacement.
+        """
+        for step in record.installed:
+            current = getattr(module, step.owner.__name__, None)
+            if current is not step.owner or vars(step.owner).get(step.name) is not step.replacement:
+                return False
+        return record.module is module
 
     # -- revert --------------------------------------------------------------------------------
     def revert(self, ids: Iterable[str] | None = None) -> list[PatchStatus]:

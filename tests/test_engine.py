@@ -198,3 +198,40 @@ def test_concurrent_apply_and_revert_leave_a_consistent_state(gemma3n_module):
     for (owner, name), original in originals.items():
         assert vars(owner)[name] is original
     gx.apply()
+
+
+def test_apply_after_importlib_reload_patches_the_new_classes():
+    """reload() builds new classes and fires no import hook; apply() notices and patches them."""
+    from conftest import run_python
+
+    code = (
+        "import importlib, gemma3n_export_fixes as gx\n"
+        "import transformers.models.gemma3n.modeling_gemma3n as m\n"
+        "old = m.Gemma3nTextMLP\n"
+        "importlib.reload(m)\n"
+        "assert m.Gemma3nTextMLP is not old\n"
+        "print(getattr(m.Gemma3nTextMLP._gaussian_topk, '__gemma3n_export_fixes__', None))\n"
+        "gx.apply()\n"
+        "print(getattr(m.Gemma3nTextMLP._gaussian_topk, '__gemma3n_export_fixes__', None))\n"
+    )
+    result = run_python(["-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["None", "gaussian-topk"]
+
+
+def test_a_failing_engine_never_breaks_the_users_import():
+    """Whatever goes wrong inside the hook, `import transformers...gemma3n` succeeds, with one warning."""
+    from conftest import run_python
+
+    code = (
+        "import warnings; warnings.simplefilter('always')\n"
+        "import gemma3n_export_fixes.api as api\n"
+        "def broken(*a, **k): raise RuntimeError('engine exploded')\n"
+        "api.ENGINE.apply = broken\n"
+        "import transformers.models.gemma3n.modeling_gemma3n as m\n"
+        "print(m.Gemma3nTextMLP.__name__)\n"
+    )
+    result = run_python(["-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["Gemma3nTextMLP"]
+    assert "gemma3n-export-fixes could not run: RuntimeError('engine exploded')" in result.stderr
