@@ -1,0 +1,50 @@
+"""Run every patch's reproducer in this (fresh) process and print the results as JSON.
+
+    python -m gemma3n_export_fixes._reproduce upstream   # run with GEMMA3N_EXPORT_FIXES=0: never patched
+    python -m gemma3n_export_fixes._reproduce patched
+
+``check`` runs the two modes in separate processes, so the unpatched state cannot leak into the
+patched run (and the reverse).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+
+
+def main(argv: list[str]) -> int:
+    mode = argv[0] if argv else ""
+    if mode not in ("upstream", "patched"):
+        print("usage: python -m gemma3n_export_fixes._reproduce upstream|patched", file=sys.stderr)
+        return 2
+    warnings.simplefilter("ignore")
+    from gemma3n_export_fixes.api import ENGINE
+    from gemma3n_export_fixes.patches import REGISTRY
+
+    if mode == "patched":
+        ENGINE.apply()
+    elif ENGINE.applied_ids():
+        print("upstream mode needs GEMMA3N_EXPORT_FIXES=0 (a patch is applied)", file=sys.stderr)
+        return 2
+    results = []
+    for patch in REGISTRY:
+        start = time.perf_counter()
+        outcome = patch.reproduce()
+        results.append(
+            {
+                "id": patch.id,
+                "bug": outcome.bug,
+                "detail": outcome.detail,
+                "error": outcome.error,
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+        )
+    print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

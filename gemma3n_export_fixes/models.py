@@ -1,0 +1,128 @@
+"""Model sources an export can start from: the built-in ``tiny``, the real ``e2b-shape``/``e4b-shape``
+configs with random weights, or a local checkpoint directory (``from_pretrained``).
+
+Nothing here downloads anything. A checkpoint directory may hold a text-only ``gemma3n_text`` model or
+the full multimodal ``gemma3n`` one; only the text decoder (``language_model`` + ``lm_head``) is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gemma3n_export_fixes.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+BUILTIN = ("tiny", "e2b-shape", "e4b-shape")
+
+
+def _real_layer_types(layers: int) -> list[str]:
+    """The real models' pattern: four sliding layers, then one full layer."""
+    return ["full_attention" if (i + 1) % 5 == 0 else "sliding_attention" for i in range(layers)]
+
+
+def _real_shape(layers: int, intermediate: int, shared: int) -> dict[str, Any]:
+    """Text config values of google/gemma-3n-E2B / E4B (public model configs)."""
+    return {
+        "vocab_size": 262_400,
+        "vocab_size_per_layer_input": 262_144,
+        "hidden_size": 2048,
+        "hidden_size_per_layer_input": 256,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 256,
+        "layer_types": _real_layer_types(layers),
+        "sliding_window": 512,
+        "num_kv_shared_layers": shared,
+        "activation_sparsity_pattern": [0.95] * 10 + [0.0] * (layers - 10),
+        "altup_num_inputs": 4,
+        "laurel_rank": 64,
+        "max_position_embeddings": 32_768,
+    }
+
+
+SHAPES: dict[str, dict[str, Any]] = {
+    "e2b-shape": _real_shape(layers=30, intermediate=8192, shared=10),
+    "e4b-shape": _real_shape(layers=35, intermediate=16_384, shared=15),
+}
+
+
+@dataclass
+class LoadedModel:
+    """A Gemma 3n text decoder ready to export, and how to rebuild it (``source``)."""
+
+    model: torch.nn.Module
+    source: str
+    config: dict[str, Any]
+
+    @property
+    def config_hash(self) -> str:
+        text = json.dumps(self.config, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+def _text_config_dict(model: torch.nn.Module) -> dict[str, Any]:
+    keep = (
+        "vocab_size", "vocab_size_per_layer_input", "hidden_size", "hidden_size_per_layer_input",
+        "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+        "layer_types", "sliding_window", "num_kv_shared_layers", "activation_sparsity_pattern",
+        "altup_num_inputs", "laurel_rank", "altup_coef_clip", "final_logit_softcapping",
+    )  # fmt: skip
+    config = model.config
+    return {key: getattr(config, key, None) for key in keep}
+
+
+def checkpoint_model_type(directory: Path) -> str:
+    """The ``model_type`` of a checkpoint directory; ``UserError`` unless it is a Gemma 3n checkpoint."""
+    config_file = directory / "config.json"
+    if not directory.is_dir():
+        raise UserError(f"{directory}: no such directory (expected tiny, e2b-shape, e4b-shape or a checkpoint dir)")
+    if not config_file.is_file():
+        raise UserError(f"{directory}: not a Hugging Face checkpoint (no config.json)")
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{config_file}: unreadable ({exc})") from None
+    if model_type not in ("gemma3n", "gemma3n_text"):
+        raise UserError(f"{directory}: model_type {model_type!r} is not Gemma 3n (gemma3n or gemma3n_text)")
+    return model_type
+
+
+def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> LoadedModel:
+    """Load ``spec`` (``tiny``, ``e2b-shape``, ``e4b-shape`` or a checkpoint directory) in eval mode."""
+    import torch
+
+    from gemma3n_export_fixes.tiny import build_tiny_model
+
+    if spec == "tiny":
+        model = build_tiny_model(seed=seed, dtype=dtype)
+    elif spec in SHAPES:
+        model = build_tiny_model(seed=seed, dtype=dtype, **SHAPES[spec])
+    else:
+        directory = Path(spec)
+        checkpoint_model_type(directory)
+        import transformers
+        from transformers import Gemma3nForCausalLM
+
+        dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        try:
+            model = Gemma3nForCausalLM.from_pretrained(directory, **{dtype_kwarg: dtype or torch.float32})
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{directory}: cannot load the checkpoint ({str(exc).splitlines()[0]})") from None
+        model = model.eval()
+    return LoadedModel(model=model, source=spec, config=_text_config_dict(model))
