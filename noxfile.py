@@ -59,4 +59,9 @@ def tests(session: nox.Session, row: dict) -> None:
     if row["python"] != f"{sys.version_info.major}.{sys.version_info.minor}":
         session.warn(f"row {row['id']} pins Python {row['python']}; this nox runs on {sys.version.split()[0]}")
     install(session, row, "[test]")
-    session.run("pytest", "-p", "no:cacheprovider", *session.posargs)
+    # The last transformers without Gemma 3n, for the "unsupported release" test (downloaded here, not in tests).
+    old = Path(session.create_tmp()) / "old-transformers"
+    session.run("python", "-m", "pip", "download", "-q", "--no-deps", "transformers==4.52.4", "-d", str(old))
+    (wheel,) = old.glob("transformers-4.52.4-*.whl")
+    session.run("pytest", "-p", "no:cacheprovider", *session.posargs,
+                env={"GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL": str(wheel)})  # fmt: skip

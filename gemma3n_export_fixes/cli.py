@@ -40,9 +40,17 @@ def _import_gemma3n(versions: dict[str, str | None]) -> None:
 
     if versions.get("transformers") is None:
         raise UserError("transformers is not installed: nothing to patch (pip install 'transformers>=4.53')")
+    from packaging.version import InvalidVersion, Version
+
     from gemma3n_export_fixes._startup import install
     from gemma3n_export_fixes.patch import TARGET_MODULE
 
+    try:
+        too_old = Version(versions["transformers"]) < Version("4.53.0")
+    except InvalidVersion:
+        too_old = False
+    if too_old:
+        raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)")
     install()  # what the .pth does at start-up; honours GEMMA3N_EXPORT_FIXES
     try:
         importlib.import_module(TARGET_MODULE)

@@ -42,11 +42,33 @@ class ValidationResult:
         return asdict(self)
 
 
+def check_pte_header(path: Path) -> None:
+    """Refuse files the runtime would choke on (a corrupt buffer can abort the whole process).
+
+    An ExecuTorch program is a flatbuffer with file identifier ``ET`` + 2 digits at byte 4; when the
+    extended header ``eh00`` follows, its program size and segment offsets must fit inside the file.
+    """
+    import struct
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(40)
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        raise UserError(f"{path}: not an ExecuTorch program (no ET flatbuffer identifier)")
+    if head[8:12] == b"eh00" and len(head) >= 32:
+        program_size, segment_base, segment_size = struct.unpack_from("<QQQ", head, 16)
+        if program_size > size or segment_base + segment_size > size:
+            raise UserError(f"{path}: truncated ExecuTorch program ({size} bytes, header says more)")
+
+
 def load_pte(path: Path) -> Any:
     """The ``forward`` method of a ``.pte`` in the ExecuTorch runtime; ``UserError`` when it is not one."""
     require("executorch", "validate", "executorch")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    check_pte_header(path)
+    # kernels for quantized_decomposed ops (int8 embeddings); a device runner links them the same way
+    import executorch.kernels.quantized  # noqa: F401
     from executorch.runtime import Runtime
 
     try:
@@ -74,8 +96,8 @@ def validate(method: Any, loaded: LoadedModel, kind: str = "float32", seed: int 
 
     from gemma3n_export_fixes.tiny import tiny_input_ids
 
-    meta = method.metadata().input_tensor_meta(0)
-    sizes = list(meta.sizes)
+    meta = method.metadata.input_tensor_meta(0)
+    sizes = list(meta.sizes())
     if len(sizes) != 2 or sizes[0] != 1:
         raise UserError(f"the program's input is {sizes}, expected [1, seq_len] token ids")
     seq_len = sizes[1]

@@ -1,0 +1,192 @@
+"""The commands as users run them (subprocesses): export, validate, check; and every bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import run_python
+
+CLI = ["-m", "gemma3n_export_fixes.cli"]
+
+
+def one_line_error(result, *fragments: str) -> None:
+    """A user mistake: exit 1, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == 1, (result.stdout[-1000:], result.stderr[-2000:])
+    lines = [line for line in result.stderr.splitlines() if line.startswith("gemma3n-export-fixes: error:")]
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="session")
+def portable_pte(tmp_path_factory, gemma3n_module):
+    out = tmp_path_factory.mktemp("export") / "tiny.pte"
+    result = run_python([*CLI, "export", "--model", "tiny", "--backend", "portable", "--out", str(out)])
+    return result, out
+
+
+@pytest.mark.slow
+def test_export_writes_the_pte_and_its_record(portable_pte):
+    import hashlib
+
+    result, out = portable_pte
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"wrote {out}" in result.stdout
+    assert "export: torch.export(strict=False) ..." in result.stderr  # progress as it goes
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["pte"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert record["pte"]["bytes"] == out.stat().st_size
+    assert record["model"] == "tiny" and len(record["config_hash"]) == 16
+    assert set(record["seconds"]) == {"quantize", "export", "lower", "to_executorch", "serialize"}
+    assert {"torch", "transformers", "executorch", "torchao"} <= set(record["versions"])
+    assert any(p["id"] == "gaussian-topk" and p["state"] == "applied" for p in record["patches"])
+    assert not list(out.parent.glob("*.partial"))
+
+
+@pytest.mark.slow
+def test_validate_passes_for_the_exported_model(portable_pte):
+    _, out = portable_pte
+    result = run_python([*CLI, "validate", str(out), "--json"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout)
+    assert record["ok"] and record["finite"] and record["top1_agreement"] == 1.0
+    assert record["max_abs_diff"] < 1e-4 and record["seq_len"] == 32
+
+
+@pytest.mark.slow
+def test_validate_fails_against_a_different_model(portable_pte, tmp_path, gemma3n_module):
+    """Validation can fail: the same architecture with other weights is a different function."""
+    from gemma3n_export_fixes.tiny import build_tiny_model
+
+    _, out = portable_pte
+    other = tmp_path / "other-weights"
+    build_tiny_model(seed=1).save_pretrained(other)
+    result = run_python([*CLI, "validate", str(out), "--model", str(other)])
+    assert result.returncode == 1
+    assert "MISMATCH" in result.stdout
+
+
+@pytest.mark.slow
+def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint, tmp_path):
+    out = tmp_path / "ckpt.pte"
+    result = run_python(
+        [*CLI, "export", "--model", str(tiny_checkpoint), "--backend", "portable", "--quant-embeddings",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert any("embeddings: int8" in q for q in record["quantized"])
+    checked = run_python([*CLI, "validate", str(out), "--json"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    assert json.loads(checked.stdout)["top1_agreement"] >= 0.9
+
+
+@pytest.mark.slow
+def test_check_runs_reproducers_exports_and_writes_its_record(tmp_path, gemma3n_module):
+    import gemma3n_export_fixes as gx
+
+    out = tmp_path / "check.json"
+    result = run_python([*CLI, "check", "--json", str(out)])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "check: OK" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["ok"]
+    applied = {s.id for s in gx.status() if s.applied}
+    for row in record["patches"]:
+        assert row["verdict"] == ("fixed" if row["id"] in applied else "not-needed")
+        assert row["upstream"]["bug"] is (row["id"] in applied)
+        assert row["patched"]["bug"] is False
+    assert {e["backend"] for e in record["exports"]} == {"portable", "xnnpack"}
+    for export in record["exports"]:
+        assert export["ok"] and export["validation"]["top1_agreement"] == 1.0
+
+
+def test_check_verdicts():
+    from gemma3n_export_fixes.check import verdict
+
+    assert verdict("applied", True, False) == "fixed"
+    assert verdict("applied", True, True) == "bug-not-fixed"
+    assert verdict("applied", False, False) == "stale"
+    assert verdict("not-needed", False, False) == "not-needed"
+    assert verdict("not-needed", True, True) == "range-wrong"
+    assert verdict("skipped-drift", True, True) == "bug-skipped-drift"
+
+
+# -- bad input: one line, exit 1, no traceback, no output file -------------------------------------
+
+
+def test_validate_missing_file(tmp_path):
+    one_line_error(run_python([*CLI, "validate", str(tmp_path / "nope.pte")]), "no such file")
+
+
+def test_validate_corrupt_file(tmp_path):
+    bad = tmp_path / "corrupt.pte"
+    bad.write_bytes(os.urandom(4096))
+    one_line_error(run_python([*CLI, "validate", str(bad), "--model", "tiny"]), "not an ExecuTorch program")
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda d: d / "missing", "no such directory"),
+        (lambda d: d, "no config.json"),
+        (lambda d: (d / "config.json").write_text('{"model_type": "llama"}') and d, "is not Gemma 3n"),
+        (lambda d: (d / "config.json").write_text("{not json") and d, "unreadable"),
+    ],
+    ids=["missing", "no-config", "not-gemma3n", "corrupt-config"],
+)
+def test_export_rejects_a_directory_that_is_not_a_gemma3n_checkpoint(tmp_path, make, fragment):
+    (tmp_path / "ckpt").mkdir()
+    source = make(tmp_path / "ckpt")
+    out = tmp_path / "out.pte"
+    one_line_error(run_python([*CLI, "export", "--model", str(source), "--out", str(out)]), fragment)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--out", "x.txt"], "--out must name a .pte file"),
+        (["--seq-len", "0", "--out", "x.pte"], "--seq-len must be at least 1"),
+        (["--backend", "xnnpack", "--quant", "int8", "--out", "x.pte"], "fails at execute"),
+    ],
+    ids=["not-pte", "seq-len", "int8-xnnpack"],
+)
+def test_export_rejects_bad_options(tmp_path, args, fragment):
+    one_line_error(run_python([*CLI, "export", *args], cwd=tmp_path), fragment)
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_without_executorch_says_so(tmp_path):
+    code = (
+        "import sys; sys.modules['executorch'] = None\n"  # as if it were not installed
+        "from gemma3n_export_fixes.cli import main\n"
+        f"sys.exit(main(['export', '--out', {str(tmp_path / 'x.pte')!r}]))\n"
+    )
+    one_line_error(run_python(["-c", code]), "executorch is not installed")
+    assert not list(tmp_path.iterdir())
+
+
+def test_transformers_without_gemma3n_is_unsupported(tmp_path):
+    """transformers 4.52.4 (the last release without Gemma 3n): one line, exit 1."""
+    wheel = os.environ.get("GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL")
+    if not wheel:
+        pytest.skip("GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL is not set (nox -s tests downloads transformers 4.52.4)")
+    zipfile.ZipFile(wheel).extractall(tmp_path)
+    result = run_python([*CLI, "status"], env={"PYTHONPATH": str(tmp_path)})
+    one_line_error(result, "transformers 4.52.4 has no Gemma 3n")
+    assert Path(wheel).name.startswith("transformers-4.52.4")
+
+
+@pytest.mark.slow
+def test_validate_truncated_file(portable_pte, tmp_path):
+    _, out = portable_pte
+    truncated = tmp_path / "truncated.pte"
+    truncated.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    one_line_error(run_python([*CLI, "validate", str(truncated), "--model", "tiny"]), "truncated")
