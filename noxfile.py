@@ -46,10 +46,9 @@ def install(session: nox.Session, row: dict, extras: str = "") -> None:
 
 @nox.session(python=DEFAULT["python"])
 def check(session: nox.Session) -> None:
-    """The main job on the built-in tiny model (default stack): patch status, then export + validate."""
+    """The main job on the built-in tiny model (default stack): reproducers, export + validate, verdicts."""
     install(session, DEFAULT)
-    session.run("gemma3n-export-fixes", "status")
-    session.run("python", "examples/export_tiny.py", *session.posargs)
+    session.run("gemma3n-export-fixes", "check", *session.posargs)
 
 
 @nox.session
