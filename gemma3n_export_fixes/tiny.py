@@ -54,6 +54,7 @@ def tiny_text_config(**overrides: Any) -> Gemma3nTextConfig:
     from transformers import Gemma3nTextConfig
 
     values = {**TINY_DEFAULTS, **overrides}
+    values["activation_sparsity_pattern"] = [float(x) for x in values["activation_sparsity_pattern"]]
     layers = values["num_hidden_layers"]
     for key in ("layer_types", "activation_sparsity_pattern"):
         if len(values[key]) != layers:
