@@ -110,7 +110,7 @@ def _export_and_validate(backend: str, workdir: Path, say: Say) -> dict[str, Any
 
 def run_check(say: Say = print, backends: tuple[str, ...] = ("portable", "xnnpack")) -> dict[str, Any]:
     """Run the whole check; returns the machine record (``ok`` says whether everything passed)."""
-    from gemma3n_export_fixes.cli import status_record
+    from gemma3n_export_fixes.stack import status_record
 
     require("executorch", "check", "executorch")
     started = time.perf_counter()

@@ -1,10 +1,7 @@
-"""``gemma3n-export-fixes``: the command line.
+"""``gemma3n-export-fixes``: the command line (status, check, export, validate).
 
-``status`` imports transformers' Gemma 3n modelling module the way a user's export script would (so the
-import hook runs exactly as it would there) and reports, per patch, what happened and why, plus the
-versions of torch, transformers, executorch and torchao found. ``--json`` writes the same for machines.
-
-Exit codes: 0 ok, 1 the stack cannot be patched (transformers missing, or without Gemma 3n), 2 usage.
+Exit codes: 0 ok; 1 a failed check/validation or a user error (one line on stderr, no traceback, no
+output file); 2 usage.
 """
 
 from __future__ import annotations
@@ -16,64 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from gemma3n_export_fixes.errors import UserError
+from gemma3n_export_fixes.stack import import_gemma3n, status_record
 from gemma3n_export_fixes.versions import stack_versions
-
-
-def _activation_files() -> list[str]:
-    import site
-
-    dirs = [*site.getsitepackages(), site.getusersitepackages()]
-    found = []
-    for directory in dirs:
-        for name in ("gemma3n_export_fixes.pth", "gemma3n_export_fixes.start"):
-            path = f"{directory}/{name}"
-            try:
-                with open(path, encoding="utf-8"):
-                    found.append(path)
-            except OSError:
-                continue
-    return found
-
-
-def _import_gemma3n(versions: dict[str, str | None]) -> None:
-    import importlib
-
-    if versions.get("transformers") is None:
-        raise UserError("transformers is not installed: nothing to patch (pip install 'transformers>=4.53')")
-    from packaging.version import InvalidVersion, Version
-
-    from gemma3n_export_fixes._startup import install
-    from gemma3n_export_fixes.patch import TARGET_MODULE
-
-    try:
-        too_old = Version(versions["transformers"]) < Version("4.53.0")
-    except InvalidVersion:
-        too_old = False
-    if too_old:
-        raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)")
-    install()  # what the .pth does at start-up; honours GEMMA3N_EXPORT_FIXES
-    try:
-        importlib.import_module(TARGET_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("transformers.models.gemma3n"):
-            raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)") from None
-        raise UserError(f"cannot import {TARGET_MODULE}: {exc}") from None
-    except ImportError as exc:
-        raise UserError(f"cannot import {TARGET_MODULE}: {exc}") from None
-
-
-def status_record() -> dict[str, Any]:
-    """The machine-readable status: versions, activation, and one entry per patch."""
-    versions = stack_versions()
-    _import_gemma3n(versions)
-    from gemma3n_export_fixes import api
-    from gemma3n_export_fixes._startup import disabled_by_env
-
-    return {
-        "versions": versions,
-        "activation": {"files": _activation_files(), "disabled_by_env": disabled_by_env()},
-        "patches": [s.to_dict() for s in api.status()],
-    }
 
 
 def _print_table(record: dict[str, Any]) -> None:
@@ -119,7 +60,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".pte":
         raise UserError(f"--out must name a .pte file, got {out}")
-    _import_gemma3n(stack_versions())
+    import_gemma3n(stack_versions())
     _progress(f"loading {args.model} ...")
     loaded = load_model(args.model)
     _progress(f"loaded {args.model}: {loaded.parameters:,} parameters")
@@ -147,7 +88,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     options = record.get("options", {})
     quantized = options.get("quant", "none") != "none" or options.get("quant_embeddings", False)
     kind = "quantized" if quantized else options.get("dtype", "float32")
-    _import_gemma3n(stack_versions())
+    import_gemma3n(stack_versions())
     result = validate(method, load_model(model), kind=kind)
     if args.json:
         json.dump({"pte": str(pte), "model": model, "kind": kind, **result.to_dict()}, sys.stdout, indent=2)
