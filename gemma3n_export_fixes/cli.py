@@ -87,9 +87,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         raise UserError(f"{pte}: no export record next to it; say which model it came from with --model")
     options = record.get("options", {})
     quantized = options.get("quant", "none") != "none" or options.get("quant_embeddings", False)
-    kind = "quantized" if quantized else options.get("dtype", "float32")
+    dtype = options.get("dtype", "float32")
+    kind = "quantized" if quantized else dtype
     import_gemma3n(stack_versions())
-    result = validate(method, load_model(model), kind=kind)
+    from gemma3n_export_fixes.exporting import torch_dtype
+
+    # the reference: the eager model in the program's dtype (quantized programs: against full precision)
+    result = validate(method, load_model(model, dtype=torch_dtype(dtype)), kind=kind)
     if args.json:
         json.dump({"pte": str(pte), "model": model, "kind": kind, **result.to_dict()}, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -99,7 +99,7 @@ class TextOnlyLogits:
         return TextOnly(model).eval()
 
 
-def _torch_dtype(name: str) -> torch.dtype:
+def torch_dtype(name: str) -> torch.dtype:
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
@@ -147,7 +147,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     from gemma3n_export_fixes.versions import stack_versions
 
     timer = StageTimer(progress)
-    model = loaded.model.to(_torch_dtype(options.dtype))
+    model = loaded.model.to(torch_dtype(options.dtype))
     with timer.stage("quantize", f"quant={options.quant}, embeddings={options.quant_embeddings}"):
         quantized = quantize(model, options.quant, options.quant_embeddings)
     example = (torch.zeros(1, options.seq_len, dtype=torch.long),)

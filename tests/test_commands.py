@@ -88,6 +88,28 @@ def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint
 
 
 @pytest.mark.slow
+def test_bfloat16_export_validates_against_the_bfloat16_eager_model(tmp_path, gemma3n_module):
+    out = tmp_path / "bf16.pte"
+    result = run_python([*CLI, "export", "--dtype", "bfloat16", "--backend", "portable", "--out", str(out)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    checked = run_python([*CLI, "validate", str(out), "--json"])
+    assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
+    record = json.loads(checked.stdout)
+    assert record["kind"] == "bfloat16" and record["top1_agreement"] >= 0.9
+
+
+def test_export_int8_without_torchao_says_so(tmp_path):
+    args = ["export", "--backend", "portable", "--quant", "int8", "--out", str(tmp_path / "x.pte")]
+    code = (
+        "import sys; sys.modules['torchao'] = None\n"  # as if it were not installed
+        "from gemma3n_export_fixes.cli import main\n"
+        f"sys.exit(main({args!r}))\n"
+    )
+    one_line_error(run_python(["-c", code]), "torchao is not installed")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
 def test_check_runs_reproducers_exports_and_writes_its_record(tmp_path, gemma3n_module):
     import gemma3n_export_fixes as gx
 
