@@ -4,7 +4,8 @@
 
 1. interpreter start (`python -c pass`) in a venv with only this package's wheel vs a bare venv;
 2. what the start-up path imports (must be only gemma3n_export_fixes._startup);
-3. the patch engine at Gemma 3n import: apply (fingerprint + install) and revert, in-process.
+3. the patch engine at Gemma 3n import: apply (fingerprint + install) and revert, in-process;
+4. a fresh process importing transformers' Gemma 3n module, with the hook vs GEMMA3N_EXPORT_FIXES=0.
 """
 
 from __future__ import annotations
@@ -59,6 +60,20 @@ print(cold * 1000, statistics.median(a) * 1000, statistics.median(r) * 1000)
     return float(out[-3]), float(out[-2]), float(out[-1])
 
 
+def _module_import_ms(runs: int) -> tuple[float, float]:
+    code = (
+        "import time; t = time.perf_counter(); import transformers.models.gemma3n.modeling_gemma3n; "
+        "print((time.perf_counter() - t) * 1000)"
+    )
+    with_hook, without = [], []
+    for i in range(2 * runs):  # alternate, so drift hits both alike
+        off = i % 2 == 1
+        env = {**os.environ, "GEMMA3N_EXPORT_FIXES": "0" if off else "1"}
+        out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+        (without if off else with_hook).append(float(out.stdout.split()[-1]))
+    return statistics.median(with_hook), statistics.median(without)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=30)
@@ -83,11 +98,16 @@ def main() -> None:
             text=True,
         ).stdout.strip()
     cold_ms, apply_ms, revert_ms = _engine_ms(20)
+    hooked_ms, plain_ms = _module_import_ms(max(3, runs // 6))
     print(f"python -c pass, bare venv:        {bare_ms:7.2f} ms (median of {runs})")
     print(f"python -c pass, plugin installed: {plugin_ms:7.2f} ms  ratio {plugin_ms / bare_ms:.3f}")
     print(f"modules the start-up path loaded: {loaded}")
     print(f"first apply() at Gemma 3n import (imports wrapt + packaging, fingerprints, installs): {cold_ms:.1f} ms")
     print(f"later apply(): {apply_ms:.2f} ms; revert(): {revert_ms:.3f} ms (medians of 20)")
+    print(
+        f"import of transformers' Gemma 3n module in a fresh process: {hooked_ms:.0f} ms with the hook, "
+        f"{plain_ms:.0f} ms without (ratio {hooked_ms / plain_ms:.3f})"
+    )
 
 
 if __name__ == "__main__":
