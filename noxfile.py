@@ -1,9 +1,14 @@
 """Sessions, all driven by the one pinned grid in matrix/grid.toml.
 
-nox -s check                     # the main job on the default stack (provisional: status + tiny export)
-nox -s tests                     # the test suite on every row tagged "ci"
-nox -s "tests(tf4.57.6-et1.5.1)" # one row
-nox -l --json                    # the sessions, for a CI fan-out
+nox -s check                        # the main job on the default stack: `gemma3n-export-fixes check`
+nox -s tests                        # the test suite on every row tagged "ci"
+nox -s "tests(tf4.57.6-et1.5.1)"    # one row
+nox -s matrix                       # `check --json` on every "grid" row -> matrix/results/<id>.json
+nox -s "matrix(tf5.6.0-et1.5.1)"    # one cell; `-- --force` re-runs a cell whose result is current,
+                                    # `-- --heavy` lets a "heavy" row (another torch: multi-GB) run
+nox -s matrix -t smoke              # the smoke rows (CI)
+nox -s matrix_report                # matrix/README.md + matrix/heatmap.svg from the results
+nox -l --json                       # the sessions, for a CI fan-out (see .github/workflows/matrix.yml)
 """
 
 from __future__ import annotations
@@ -13,30 +18,21 @@ from pathlib import Path
 
 import nox
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - nox itself may run on 3.10
-    import tomli as tomllib
+ROOT = Path(__file__).resolve().parent
+sys.path.append(str(ROOT))
 
-ROOT = Path(__file__).parent
-GRID: list[dict] = tomllib.loads((ROOT / "matrix" / "grid.toml").read_text())["row"]
-STACK = ("torch", "torchao", "executorch", "transformers")
+from matrix.grid import default_stack, inputs_hash, is_current, load_rows, pins  # noqa: E402
 
-# pip (not uv) so the CPU torch wheel is found through pip's find-links setting on these machines.
+GRID = load_rows()
+DEFAULT = default_stack(GRID)
+
+# pip (not uv) for the test sessions, so the CPU torch wheel is found through pip's find-links setting.
 nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
-nox.options.reuse_existing_virtualenvs = False
 
 
-def pins(row: dict) -> list[str]:
-    return [f"{name}=={row[name]}" for name in STACK]
-
-
-def rows(tag: str) -> list:
-    return [nox.param(row, id=row["id"], tags=list(row["tags"])) for row in GRID if tag in row["tags"]]
-
-
-(DEFAULT,) = [row for row in GRID if "default" in row["tags"]]
+def params(tag: str | None = None) -> list:
+    return [nox.param(row, id=row["id"], tags=list(row["tags"])) for row in GRID if tag is None or tag in row["tags"]]
 
 
 def install(session: nox.Session, row: dict, extras: str = "") -> None:
@@ -52,7 +48,7 @@ def check(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("row", rows("ci"))
+@nox.parametrize("row", params("ci"))
 def tests(session: nox.Session, row: dict) -> None:
     """The test suite on one grid row (all rows tagged "ci" by default)."""
     if row["python"] != f"{sys.version_info.major}.{sys.version_info.minor}":
@@ -64,3 +60,25 @@ def tests(session: nox.Session, row: dict) -> None:
     (wheel,) = old.glob("transformers-4.52.4-*.whl")
     session.run("pytest", "-p", "no:cacheprovider", *session.posargs,
                 env={"GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL": str(wheel)})  # fmt: skip
+
+
+@nox.session(venv_backend="none")
+@nox.parametrize("row", params())
+def matrix(session: nox.Session, row: dict) -> None:
+    """One grid cell: its own venv with the row's pins, `check --json`, result in matrix/results/<id>.json."""
+    from matrix.cell import run_cell
+
+    if "heavy" in row["tags"] and "--heavy" not in session.posargs:
+        session.skip(f"{row['id']} is a heavy row (torch {row['torch']}); run it with -- --heavy")
+    if is_current(row) and "--force" not in session.posargs:
+        session.skip(f"{row['id']}: stored result is current (inputs {inputs_hash(row)[:12]}); -- --force re-runs")
+    run_cell(row, ROOT / ".nox" / f"matrix-{row['id']}", log=session.log)
+
+
+@nox.session(venv_backend="none")
+def matrix_report(session: nox.Session) -> None:
+    """matrix/README.md and matrix/heatmap.svg from the stored results (generated, never hand-written)."""
+    from matrix.report import write_report
+
+    for path in write_report():
+        session.log(f"wrote {path.relative_to(ROOT)}")

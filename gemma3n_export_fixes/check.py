@@ -70,6 +70,7 @@ def _patch_rows(statuses: list[dict[str, Any]], say: Say) -> list[dict[str, Any]
                 "id": status["id"],
                 "state": status["state"],
                 "reason": status["reason"],
+                "needed_on": status["needed_on"],
                 "upstream": up,
                 "patched": fixed,
                 "verdict": verdict(status["state"], up["bug"], fixed["bug"]),

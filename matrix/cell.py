@@ -1,0 +1,92 @@
+"""Run one matrix cell: a fresh venv with the row's pins and this package, then ``check --json``.
+
+The cell's result (``results/<id>.json``) is check's record plus a ``cell`` block: the row, the inputs
+hash (see :func:`grid.inputs_hash`), when and how long. A failing check is evidence too and is stored.
+uv is used when it is on PATH, told to look where pip looks for wheels (pip's find-links: on these machines
+the CPU torch wheel lives there, while the registry's torch is a multi-GB CUDA build).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from matrix.grid import ROOT, Row, inputs_hash, pins, result_path
+
+Log = Callable[[str], None]
+
+
+def _pip_find_links() -> list[str]:
+    links = os.environ.get("PIP_FIND_LINKS", "").split()
+    try:
+        out = subprocess.run(
+            ["python3", "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
+        )
+        links += out.stdout.split() if out.returncode == 0 else []
+    except OSError:
+        pass
+    return sorted(set(links))
+
+
+def _create_venv(row: Row, venv: Path, log: Log) -> Path:
+    python = shutil.which(f"python{row['python']}")
+    if python is None:
+        raise RuntimeError(f"python{row['python']} not found on PATH (row {row['id']})")
+    if venv.exists():
+        shutil.rmtree(venv)
+    uv = shutil.which("uv")
+    requirements = [*pins(row), str(ROOT)]
+    if uv:
+        log(f"uv venv {venv} ({python})")
+        subprocess.run([uv, "venv", "-q", "-p", python, str(venv)], check=True)
+        links = [arg for link in _pip_find_links() for arg in ("--find-links", link)]
+        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *links, *requirements],
+                       check=True)  # fmt: skip
+    else:
+        log(f"python -m venv {venv} ({python}); pip install {' '.join(pins(row))} .")
+        subprocess.run([python, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *requirements], check=True)
+    return venv / "bin" / "gemma3n-export-fixes"
+
+
+def run_cell(row: Row, venv: Path, log: Log = print) -> dict[str, Any]:
+    """Install the row into ``venv``, run ``check --json`` there, store and return the cell's result."""
+    started = time.perf_counter()
+    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    cli = _create_venv(row, venv, log)
+    installed = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        record_file = Path(tmp) / "check.json"
+        env = {k: v for k, v in os.environ.items() if k not in ("GEMMA3N_EXPORT_FIXES", "PYTHONPATH")}
+        log(f"{cli} check --json ...")
+        proc = subprocess.run([str(cli), "check", "--json", str(record_file)], cwd=tmp, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        if record_file.exists():
+            record = json.loads(record_file.read_text())
+        else:  # check could not even start: record why, as evidence
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            record = {"format": "gemma3n-export-fixes/check/1", "ok": False, "error": tail}
+    record["cell"] = {
+        "id": row["id"],
+        "row": row,
+        "inputs_hash": inputs_hash(row),
+        "ran_at": when,
+        "install_seconds": round(installed - started, 1),
+        "check_seconds": round(time.perf_counter() - installed, 1),
+        "check_exit_code": proc.returncode,
+    }
+    path = result_path(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_path = path.with_suffix(".json.partial")
+    tmp_path.write_text(json.dumps(record, indent=2) + "\n")
+    tmp_path.replace(path)
+    log(f"{row['id']}: check {'OK' if record.get('ok') else 'FAILED'} -> {path.relative_to(ROOT)}")
+    return record

@@ -1,0 +1,87 @@
+"""Read the pinned grid (``grid.toml``, the one place versions are pinned) and fingerprint a cell's inputs.
+
+Stdlib only: the noxfile imports this before any virtualenv exists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+GRID_FILE = HERE / "grid.toml"
+RESULTS = HERE / "results"
+STACK = ("torch", "torchao", "executorch", "transformers")
+KEYS = ("id", "python", *STACK, "tags")
+
+Row = dict[str, Any]
+
+
+def load_rows(path: Path = GRID_FILE) -> list[Row]:
+    """Every row of the grid, in file order; ``ValueError`` names a malformed row."""
+    rows = tomllib.loads(path.read_text())["row"]
+    ids = [row.get("id") for row in rows]
+    for row in rows:
+        missing = [key for key in KEYS if key not in row]
+        if missing:
+            raise ValueError(f"grid row {row.get('id', '?')}: missing {', '.join(missing)}")
+    duplicates = {i for i in ids if ids.count(i) > 1}
+    if duplicates:
+        raise ValueError(f"grid: duplicate row ids {sorted(duplicates)}")
+    return rows
+
+
+def tagged(tag: str, rows: list[Row] | None = None) -> list[Row]:
+    return [row for row in (rows if rows is not None else load_rows()) if tag in row["tags"]]
+
+
+def default_stack(rows: list[Row] | None = None) -> Row:
+    (row,) = tagged("default-stack", rows)
+    return row
+
+
+def pins(row: Row) -> list[str]:
+    """pip requirements pinning the row's stack."""
+    return [f"{name}=={row[name]}" for name in STACK]
+
+
+def package_files(root: Path = ROOT) -> list[Path]:
+    """The files whose content decides what a cell runs: the package, its build and activation files."""
+    files = sorted((root / "gemma3n_export_fixes").rglob("*.py"))
+    files += [root / "pyproject.toml", *sorted((root / "activation").iterdir())]
+    return files
+
+
+def inputs_hash(row: Row, root: Path = ROOT) -> str:
+    """sha256 of the row's pins and the package sources: a stored result with the same hash is current."""
+    digest = hashlib.sha256(json.dumps({k: row[k] for k in ("python", *STACK)}, sort_keys=True).encode())
+    for path in package_files(root):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def result_path(row: Row) -> Path:
+    return RESULTS / f"{row['id']}.json"
+
+
+def load_result(row: Row) -> dict[str, Any] | None:
+    try:
+        return json.loads(result_path(row).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_current(row: Row) -> bool:
+    """The stored result was produced from these pins and this package source."""
+    result = load_result(row)
+    return bool(result) and result.get("cell", {}).get("inputs_hash") == inputs_hash(row)
