@@ -31,8 +31,13 @@ nox.options.default_venv_backend = "venv"
 nox.options.sessions = ["tests"]
 
 
-def params(tag: str | None = None) -> list:
-    return [nox.param(row, id=row["id"], tags=list(row["tags"])) for row in GRID if tag is None or tag in row["tags"]]
+def params(tag: str | None = None, tags: list[str] | None = None) -> list:
+    """One nox.param per grid row (those tagged ``tag``), tagged with the row's tags unless ``tags`` is given."""
+    return [
+        nox.param(row, id=row["id"], tags=list(row["tags"]) if tags is None else tags)
+        for row in GRID
+        if tag is None or tag in row["tags"]
+    ]
 
 
 def install(session: nox.Session, row: dict, extras: str = "") -> None:
@@ -48,7 +53,7 @@ def check(session: nox.Session) -> None:
 
 
 @nox.session
-@nox.parametrize("row", params("ci"))
+@nox.parametrize("row", params("ci", tags=["tests"]))
 def tests(session: nox.Session, row: dict) -> None:
     """The test suite on one grid row (all rows tagged "ci" by default)."""
     if row["python"] != f"{sys.version_info.major}.{sys.version_info.minor}":
@@ -72,7 +77,9 @@ def matrix(session: nox.Session, row: dict) -> None:
         session.skip(f"{row['id']} is a heavy row (torch {row['torch']}); run it with -- --heavy")
     if is_current(row) and "--force" not in session.posargs:
         session.skip(f"{row['id']}: stored result is current (inputs {inputs_hash(row)[:12]}); -- --force re-runs")
-    run_cell(row, ROOT / ".nox" / f"matrix-{row['id']}", log=session.log)
+    record = run_cell(row, ROOT / ".nox" / f"matrix-{row['id']}", log=session.log)
+    if not record.get("ok"):  # the evidence is stored either way; the session says it failed
+        session.error(f"{row['id']}: check failed (see matrix/results/{row['id']}.json)")
 
 
 @nox.session(venv_backend="none")

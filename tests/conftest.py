@@ -15,6 +15,8 @@ from gemma3n_export_fixes.patch import TARGET_MODULE
 
 TESTS = Path(__file__).parent
 SCRIPTS = TESTS / "scripts"
+# matrix/ (grid, results, report) is read by tests; appended so the installed package still wins.
+sys.path.append(str(TESTS.parent))
 
 
 @pytest.fixture(scope="session")
