@@ -89,3 +89,10 @@ def matrix_report(session: nox.Session) -> None:
 
     for path in write_report():
         session.log(f"wrote {path.relative_to(ROOT)}")
+
+
+@nox.session(python=DEFAULT["python"])
+def upstream_prs(session: nox.Session) -> None:
+    """Regenerate upstream_prs/ from the registry and the default stack's (newest) transformers sources."""
+    install(session, DEFAULT)
+    session.run("python", "-m", "upstream_prs.generate")

@@ -86,6 +86,14 @@ def verdict(patch: Any, found: list[tuple[Row, dict[str, Any]]]) -> str:
     )
 
 
+def _upstream_link(patch: Any) -> str:
+    """Where the upstream side of a patch is written down: its PR draft or its fixed-upstream record."""
+    draft = HERE.parent / "upstream_prs" / patch.id / "PR.md"
+    if draft.exists():
+        return f"upstream PR draft: [upstream_prs/{patch.id}/PR.md](../upstream_prs/{patch.id}/PR.md)"
+    return f"fixed upstream: [upstream_prs/{patch.id}.md](../upstream_prs/{patch.id}.md)"
+
+
 def _cell(p: dict[str, Any]) -> str:
     up = "bug" if p["upstream"]["bug"] else "no bug"
     fixed = "no bug" if not p["patched"]["bug"] else "bug"
@@ -118,7 +126,7 @@ def markdown(rows: list[Row]) -> str:
         "## Verdicts",
         "",
     ]
-    lines += [f"- **{p.id}**: {verdict(p, found)}" for p in patches]
+    lines += [f"- **{p.id}**: {verdict(p, found)} ({_upstream_link(p)})" for p in patches]
     problems = disagreements(found)
     lines += ["", "Registry vs evidence: " + ("agree on every row." if not problems else "DISAGREE:")]
     lines += [f"- {problem}" for problem in problems]

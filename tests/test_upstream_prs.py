@@ -1,0 +1,72 @@
+"""The upstream drafts: generated from the registry, apply cleanly to the newest release's sources, and the
+patched module passes the reproducer and the transformers-style test without this package's help."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemma3n_export_fixes.patches import REGISTRY
+from matrix.grid import ROOT, default_stack
+
+DRAFTS = ROOT / "upstream_prs"
+
+
+@pytest.fixture(scope="module")
+def newest(gemma3n_module):
+    import transformers
+
+    target = default_stack()["transformers"]
+    if transformers.__version__ != target:
+        pytest.skip(
+            f"the drafts target the newest release, transformers {target}; installed {transformers.__version__}"
+        )
+    return target
+
+
+def test_one_draft_per_patch_still_needed_and_a_record_per_fixed_one(newest):
+    for patch in REGISTRY:
+        folder, record = DRAFTS / patch.id, DRAFTS / f"{patch.id}.md"
+        if patch.needed_by(newest):
+            assert {p.name for p in folder.iterdir()} == {
+                f"0001-gemma3n-{patch.id}.patch", "PR.md", "test_modeling_gemma3n_addition.py",
+            }  # fmt: skip
+            header = (folder / "PR.md").read_text().split("\n\n")[0]
+            for field in ("Description:", "Bug:", "Forwarded:", "Applied-Upstream:", "Last-Update:"):
+                assert field in header, (patch.id, field)
+            assert not record.exists()
+        else:
+            text = record.read_text()
+            assert "Applied-Upstream:" in text and "PR #" in text and not folder.exists()
+
+
+def test_committed_drafts_are_what_the_generator_writes_today(newest, tmp_path):
+    from upstream_prs.generate import generate
+
+    generate(tmp_path)
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_file():
+            committed = DRAFTS / path.relative_to(tmp_path)
+            strip = lambda text: [line for line in text.splitlines() if not line.startswith("Last-Update:")]  # noqa: E731
+            assert strip(committed.read_text()) == strip(path.read_text()), f"regenerate: {committed}"
+
+
+@pytest.mark.parametrize("patch", [p for p in REGISTRY if (DRAFTS / p.id).is_dir()], ids=lambda p: p.id)
+def test_draft_applies_cleanly_and_the_patched_module_is_fixed_without_the_plugin(newest, patch):
+    from upstream_prs.apply_check import check
+
+    measured = check(DRAFTS / patch.id / f"0001-gemma3n-{patch.id}.patch")
+    assert measured["hook_active"] is False
+    assert measured["export_strict_False"] == measured["export_strict_True"] == measured["to_edge"] == "ok"
+    assert measured["max_abs_diff_float32"] < 1e-6 and measured["max_abs_diff_bfloat16"] < 0.05
+
+
+@pytest.mark.parametrize("patch", [p for p in REGISTRY if (DRAFTS / p.id).is_dir()], ids=lambda p: p.id)
+def test_transformers_style_test_passes_patched_and_fails_upstream(newest, patch):
+    from upstream_prs.apply_check import run_snippet
+
+    folder = DRAFTS / patch.id
+    snippet = folder / "test_modeling_gemma3n_addition.py"
+    fixed = run_snippet(folder / f"0001-gemma3n-{patch.id}.patch", snippet)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    upstream = run_snippet(None, snippet)
+    assert upstream.returncode == 1 and "FAILED" in upstream.stderr

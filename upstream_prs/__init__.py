@@ -1,0 +1,1 @@
+"""Upstream pull-request drafts, generated from the patch registry and the installed transformers source."""

@@ -1,0 +1,130 @@
+"""Apply an upstream draft to a temporary copy of the installed transformers' Gemma 3n sources and
+exercise the patched module in a fresh process with gemma3n-export-fixes turned off.
+
+    python -m upstream_prs.apply_check PATCH_FILE    -> JSON on stdout
+
+The patched ``modeling_gemma3n.py`` is imported under its real module name (so its relative imports
+resolve to the installed transformers); then a sparse ``Gemma3nTextMLP`` from it is exported (non-strict
+and strict) and lowered with ``to_edge``, and compared with the installed (upstream) class in float32 and
+bfloat16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+MODULE = "transformers.models.gemma3n.modeling_gemma3n"
+REL = Path("src/transformers/models/gemma3n")
+
+PROBE = r"""
+import importlib.util, json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+patched_file = sys.argv[1]
+import transformers.models.gemma3n.modeling_gemma3n as upstream
+spec = importlib.util.spec_from_file_location("transformers.models.gemma3n.modeling_gemma3n_pr", patched_file)
+patched = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = patched
+spec.loader.exec_module(patched)
+from transformers import Gemma3nTextConfig
+config = Gemma3nTextConfig(vocab_size=64, vocab_size_per_layer_input=64, hidden_size=32, hidden_size_per_layer_input=8,
+    intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+    laurel_rank=4, num_kv_shared_layers=0, layer_types=["sliding_attention", "full_attention"],
+    activation_sparsity_pattern=[0.95, 0.0])
+out = {"hook_active": "gemma3n_export_fixes.api" in sys.modules}
+torch.manual_seed(0)
+new = patched.Gemma3nTextMLP(config, layer_idx=0).eval()
+old = upstream.Gemma3nTextMLP(config, layer_idx=0).eval()
+old.load_state_dict(new.state_dict())
+for dtype in (torch.float32, torch.bfloat16):
+    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
+    with torch.no_grad():
+        diff = (new.to(dtype)(x).float() - old.to(dtype)(x).float()).abs().max().item()
+    out[f"max_abs_diff_{str(dtype).split('.')[-1]}"] = diff
+new = new.float()
+x = (torch.randn(1, 4, 32),)
+for strict in (False, True):
+    try:
+        ep = torch.export.export(new, x, strict=strict)
+        out[f"export_strict_{strict}"] = "erfinv" if any("erfinv" in str(n.target) for n in ep.graph.nodes) else "ok"
+    except Exception as exc:
+        out[f"export_strict_{strict}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+try:
+    from executorch.exir import to_edge
+    to_edge(torch.export.export(new, x, strict=False)).to_executorch()
+    out["to_edge"] = "ok"
+except Exception as exc:
+    out["to_edge"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+print(json.dumps(out))
+"""
+
+
+def installed_sources() -> Path:
+    import transformers.models.gemma3n as gemma3n
+
+    return Path(gemma3n.__file__).parent
+
+
+def apply_to_copy(patch_file: Path, workdir: Path) -> Path:
+    """Copy the installed Gemma 3n sources to ``workdir/src/...``, apply the patch (``patch -p1``); return the dir."""
+    target = workdir / REL
+    target.mkdir(parents=True)
+    for name in ("modular_gemma3n.py", "modeling_gemma3n.py"):
+        shutil.copy(installed_sources() / name, target / name)
+    dry = subprocess.run(["patch", "-p1", "--dry-run", "-f", "-i", str(patch_file)], cwd=workdir,
+                         capture_output=True, text=True)  # fmt: skip
+    if dry.returncode != 0 or "offset" in dry.stdout or "fuzz" in dry.stdout:
+        raise RuntimeError(f"{patch_file.name} does not apply cleanly:\n{dry.stdout}{dry.stderr}")
+    subprocess.run(["patch", "-p1", "-s", "-f", "-i", str(patch_file)], cwd=workdir, check=True)
+    for name in ("modular_gemma3n.py", "modeling_gemma3n.py"):
+        compile((target / name).read_text(), str(target / name), "exec")
+    return target
+
+
+SNIPPET_RUNNER = r"""
+import importlib.util, sys, unittest, warnings
+warnings.simplefilter("ignore")
+import transformers.models.gemma3n  # the package, not yet the modelling module
+spec = importlib.util.spec_from_file_location("transformers.models.gemma3n.modeling_gemma3n", sys.argv[1])
+patched = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = patched
+spec.loader.exec_module(patched)
+spec = importlib.util.spec_from_file_location("snippet", sys.argv[2])
+snippet = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(snippet)
+assert snippet.Gemma3nTextMLP is patched.Gemma3nTextMLP
+result = unittest.TextTestRunner(verbosity=2).run(unittest.defaultTestLoader.loadTestsFromModule(snippet))
+sys.exit(0 if result.wasSuccessful() and result.testsRun else 1)
+"""
+
+
+def run_snippet(patch_file: Path | None, snippet: Path) -> subprocess.CompletedProcess[str]:
+    """Run the transformers-style test snippet against the patched module (``None``: the upstream one), hook off."""
+    with tempfile.TemporaryDirectory() as tmp:
+        target = apply_to_copy(patch_file, Path(tmp)) if patch_file else installed_sources()
+        env = {**os.environ, "GEMMA3N_EXPORT_FIXES": "0"}
+        env.pop("PYTHONPATH", None)
+        return subprocess.run([sys.executable, "-c", SNIPPET_RUNNER, str(target / "modeling_gemma3n.py"), str(snippet)],
+                              capture_output=True, text=True, env=env, cwd=tmp)  # fmt: skip
+
+
+def check(patch_file: Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        target = apply_to_copy(patch_file, Path(tmp))
+        env = {**os.environ, "GEMMA3N_EXPORT_FIXES": "0"}
+        env.pop("PYTHONPATH", None)
+        proc = subprocess.run([sys.executable, "-c", PROBE, str(target / "modeling_gemma3n.py")],
+                              capture_output=True, text=True, env=env, cwd=tmp)  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"the patched module failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    print(json.dumps(check(Path(sys.argv[1]).resolve()), indent=2))
