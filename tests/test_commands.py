@@ -98,14 +98,19 @@ def test_bfloat16_export_validates_against_the_bfloat16_eager_model(tmp_path, ge
     assert record["kind"] == "bfloat16" and record["top1_agreement"] >= 0.9
 
 
-def test_export_int8_without_torchao_says_so(tmp_path):
-    args = ["export", "--backend", "portable", "--quant", "int8", "--out", str(tmp_path / "x.pte")]
+def run_cli_without(module: str, args: list[str]):
+    """The CLI in a process where ``module`` cannot be imported, as if it were not installed."""
     code = (
-        "import sys; sys.modules['torchao'] = None\n"  # as if it were not installed
+        f"import sys; sys.modules[{module!r}] = None\n"
         "from gemma3n_export_fixes.cli import main\n"
         f"sys.exit(main({args!r}))\n"
     )
-    one_line_error(run_python(["-c", code]), "torchao is not installed")
+    return run_python(["-c", code])
+
+
+def test_export_int8_without_torchao_says_so(tmp_path):
+    args = ["export", "--backend", "portable", "--quant", "int8", "--out", str(tmp_path / "x.pte")]
+    one_line_error(run_cli_without("torchao", args), "torchao is not installed")
     assert not list(tmp_path.iterdir())
 
 
@@ -186,12 +191,9 @@ def test_export_rejects_bad_options(tmp_path, args, fragment):
 
 
 def test_export_without_executorch_says_so(tmp_path):
-    code = (
-        "import sys; sys.modules['executorch'] = None\n"  # as if it were not installed
-        "from gemma3n_export_fixes.cli import main\n"
-        f"sys.exit(main(['export', '--out', {str(tmp_path / 'x.pte')!r}]))\n"
+    one_line_error(
+        run_cli_without("executorch", ["export", "--out", str(tmp_path / "x.pte")]), "executorch is not installed"
     )
-    one_line_error(run_python(["-c", code]), "executorch is not installed")
     assert not list(tmp_path.iterdir())
 
 

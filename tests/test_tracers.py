@@ -8,6 +8,7 @@ import torch
 
 import gemma3n_export_fixes as gx
 from conftest import require_applied
+from gemma3n_export_fixes.exporting import TextOnlyLogits
 from gemma3n_export_fixes.tiny import build_tiny_model, tiny_input_ids, tiny_text_config
 
 MODES = ["export-nonstrict", "export-strict", "compile-fullgraph"]
@@ -30,17 +31,6 @@ def trace(module: torch.nn.Module, example: tuple, mode: str):
     exported = torch.export.export(module, example, strict=(mode == "export-strict"))
     ops = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     return exported.module(), ops, exported
-
-
-class CausalLMLogits(torch.nn.Module):
-    """The seed repo's wrapper shape: token ids in, logits out, no cache."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, use_cache=False).logits
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -131,7 +121,7 @@ def test_kv_share_fix_is_in_the_graph(gemma3n_module, mode):
     ids = tiny_input_ids(32)
     with torch.no_grad():
         expected = model(input_ids=ids, use_cache=True).logits
-        run, _, _ = trace(CausalLMLogits(model).eval(), (ids,), mode)
+        run, _, _ = trace(TextOnlyLogits.wrap(model), (ids,), mode)  # the exported wrapper
         got = run(ids)
         with gx.unpatched(["kv-share-nocache"]):
             upstream_uncached = model(input_ids=ids, use_cache=False).logits
