@@ -4,12 +4,6 @@ checked in test_matrix.py)."""
 from __future__ import annotations
 
 import re
-import sys
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 from conftest import TESTS
 
