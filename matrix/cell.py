@@ -66,6 +66,9 @@ def run_cell(row: Row, venv: Path, log: Log = print) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         record_file = Path(tmp) / "check.json"
         env = {k: v for k, v in os.environ.items() if k not in ("GEMMA3N_EXPORT_FIXES", "PYTHONPATH")}
+        # as if the venv were activated: some executorch releases (1.0.x) run a `flatc` found on PATH
+        env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+        env["VIRTUAL_ENV"] = str(venv)
         log(f"{cli} check --json ...")
         proc = subprocess.run([str(cli), "check", "--json", str(record_file)], cwd=tmp, env=env,
                               capture_output=True, text=True)  # fmt: skip
