@@ -3,7 +3,12 @@
 1. versions and each patch's state on this transformers release;
 2. each patch's reproducer on the upstream code and on the patched code, in two fresh processes (so
    neither state can leak into the other);
-3. export + validate of the built-in ``tiny`` model on the portable and XNNPACK paths.
+3. export + validate of the built-in ``tiny`` model: the seed's fixed window on the portable and XNNPACK
+   paths, and the on-device paths: a KV-cache program (portable, float32, token by token vs eager
+   ``generate``) and a KV-cache program with 8da4w linears and 4w embeddings on XNNPACK. On transformers
+   releases before ``kvcache.KV_CACHE_SINCE`` the KV-cache exports are ``unsupported``: instead, check runs
+   the upstream recipe's decode past the sliding window and records how it fails (it must fail there, or
+   the declared range is wrong).
 
 Verdict per patch: ``fixed`` (bug on upstream, gone when patched), ``not-needed`` (no bug on upstream and
 not applied), or a failure (``bug-not-fixed``, ``range-wrong``: upstream has the bug but the patch
@@ -79,38 +84,95 @@ def _patch_rows(statuses: list[dict[str, Any]], say: Say) -> list[dict[str, Any]
     return rows
 
 
-def _export_and_validate(backend: str, workdir: Path, say: Say) -> dict[str, Any]:
-    from gemma3n_export_fixes.exporting import ExportOptions, export_pte
-    from gemma3n_export_fixes.models import load_model
-    from gemma3n_export_fixes.validation import load_pte, validate
+#: The tiny model's KV cache: prompt + twice the sliding window (8) fits.
+TINY_MAX_SEQ_LEN = 32
 
-    out = workdir / f"tiny-{backend}.pte"
-    say(f"export tiny -> {backend} ...")
+
+def check_exports() -> dict[str, Any]:
+    """The exports ``check`` runs, by name (``ExportOptions``)."""
+    from gemma3n_export_fixes.exporting import ExportOptions
+
+    kv = {"kv_cache": True, "max_seq_len": TINY_MAX_SEQ_LEN}
+    return {
+        "portable": ExportOptions(backend="portable"),
+        "xnnpack": ExportOptions(backend="xnnpack"),
+        "kv-portable": ExportOptions(backend="portable", **kv),
+        "kv-8da4w-4w": ExportOptions(backend="xnnpack", quant="8da4w", quant_embeddings="4w", **kv),
+    }
+
+
+def _kv_unsupported(name: str, options: Any, reason: str, say: Say) -> dict[str, Any]:
+    """On releases without KV-cache support: show that the upstream recipe really fails there."""
+    from gemma3n_export_fixes.kvcache import reproduce_old_recipe_failure
+
+    say(f"export tiny -> {name}: unsupported on this transformers; reproducing the upstream recipe's failure ...")
     try:
-        record = export_pte(load_model("tiny"), out, ExportOptions(backend=backend), progress=say)
-        start = time.perf_counter()
-        result = validate(load_pte(out), load_model("tiny"))
-        seconds = {**record["seconds"], "validate": round(time.perf_counter() - start, 3)}
+        outcome = reproduce_old_recipe_failure()
     except Exception as exc:
         from gemma3n_export_fixes.patch import first_line
 
-        say(f"export tiny -> {backend}: FAILED: {first_line(exc)}")
-        return {"backend": backend, "ok": False, "error": first_line(exc)}
+        outcome = {"fails": True, "error": f"the recipe fails before decoding: {first_line(exc)}"}
+    say(f"export tiny -> {name}: upstream recipe {'fails: ' + outcome['error'] if outcome['fails'] else 'WORKS'}")
+    return {
+        "name": name, "backend": options.backend, "options": options.describe(), "ok": outcome["fails"],
+        "unsupported": reason, "upstream_recipe": outcome,
+    }  # fmt: skip
+
+
+def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dict[str, Any]:
+    from gemma3n_export_fixes.exporting import export_pte
+    from gemma3n_export_fixes.kvcache import unsupported_reason
+    from gemma3n_export_fixes.models import load_model
+    from gemma3n_export_fixes.patch import first_line
+    from gemma3n_export_fixes.validation import load_program, reference_models, validate, validate_kv
+    from gemma3n_export_fixes.versions import stack_versions
+
+    if options.kv_cache and (reason := unsupported_reason(stack_versions()["transformers"] or "0")):
+        return _kv_unsupported(name, options, reason, say)
+    out = workdir / f"tiny-{name}.pte"
+    kind = "quantized" if options.quant != "none" or options.quant_embeddings != "none" else options.dtype
+    say(f"export tiny -> {name} ...")
+    try:
+        record = export_pte(load_model("tiny"), out, options, progress=say)
+        start = time.perf_counter()
+        program = load_program(out)
+        reference, float_model = reference_models("tiny", options.describe())
+        if options.kv_cache:
+            result = validate_kv(program, reference, kind=kind, float_model=float_model)
+        else:
+            result = validate(program.load_method("forward"), reference, kind=kind, float_model=float_model)
+        seconds = {**record["seconds"], "validate": round(time.perf_counter() - start, 3)}
+    except Exception as exc:
+        say(f"export tiny -> {name}: FAILED: {first_line(exc)}")
+        return {"name": name, "backend": options.backend, "options": options.describe(), "ok": False,
+                "error": first_line(exc)}  # fmt: skip
     say(
-        f"export tiny -> {backend}: {'OK' if result.ok else 'MISMATCH'}: max abs diff {result.max_abs_diff:.2e}, "
-        f"top-1 {result.top1_agreement:.0%}, {record['pte']['bytes'] / 1e6:.2f} MB, runtime {result.runtime_ms:.1f} ms"
+        f"export tiny -> {name}: {'OK' if result.ok else 'MISMATCH'}: max abs diff {result.max_abs_diff:.2e}, "
+        f"top-1 {result.top1_agreement:.0%}, {record['pte']['bytes'] / 1e6:.2f} MB"
+        + (
+            ""
+            if result.float_max_abs_diff is None
+            else f" (vs float: {result.float_max_abs_diff:.2e}, top-1 {result.float_top1_agreement:.0%})"
+        )
+        + (f", greedy tokens {'identical' if result.tokens_match else 'differ'}" if options.kv_cache else "")
     )
     return {
-        "backend": backend,
+        "name": name,
+        "backend": options.backend,
+        "options": options.describe(),
         "ok": result.ok,
         "pte_bytes": record["pte"]["bytes"],
+        "peak_rss_mb": record["peak_rss_mb"],
         "seconds": seconds,
         "validation": result.to_dict(),
     }
 
 
-def run_check(say: Say = print, backends: tuple[str, ...] = ("portable", "xnnpack")) -> dict[str, Any]:
-    """Run the whole check; returns the machine record (``ok`` says whether everything passed)."""
+def run_check(say: Say = print, exports: tuple[str, ...] | None = None, keep: Path | None = None) -> dict[str, Any]:
+    """Run the whole check; returns the machine record (``ok`` says whether everything passed).
+
+    ``keep``: a directory to leave the exported programs (``tiny-<name>.pte`` + ``.json``) in.
+    """
     from gemma3n_export_fixes.stack import status_record
 
     require("executorch", "check", "executorch")
@@ -121,16 +183,22 @@ def run_check(say: Say = print, backends: tuple[str, ...] = ("portable", "xnnpac
     for p in status["patches"]:
         say(f"patch {p['id']}: {p['state']}")
     patches = _patch_rows(status["patches"], say)
-    with tempfile.TemporaryDirectory(prefix="gemma3n-check-") as tmp:
-        exports = [_export_and_validate(backend, Path(tmp), say) for backend in backends]
-    ok = all(p["verdict"] in GOOD_VERDICTS for p in patches) and all(e["ok"] for e in exports)
+    chosen = check_exports()
+    names = exports if exports is not None else tuple(chosen)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        done = [_export_and_validate(name, chosen[name], keep, say) for name in names]
+    else:
+        with tempfile.TemporaryDirectory(prefix="gemma3n-check-") as tmp:
+            done = [_export_and_validate(name, chosen[name], Path(tmp), say) for name in names]
+    ok = all(p["verdict"] in GOOD_VERDICTS for p in patches) and all(e["ok"] for e in done)
     return {
         "format": "gemma3n-export-fixes/check/1",
         "ok": ok,
         "versions": versions,
         "activation": status["activation"],
         "patches": patches,
-        "exports": exports,
+        "exports": done,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -144,14 +212,20 @@ def print_summary(record: dict[str, Any], say: Say = print) -> None:
         say(f"{p['id']:<18}{p['state']:<15}{shown[:27]:<28}{'bug' if p['patched']['bug'] else 'no bug':<12}"
             f"{p['verdict']}")  # fmt: skip
     say("")
-    say(f"{'export':<10}{'result':<10}{'max abs diff':<14}{'top-1':<8}{'MB':<7}stages (s)")
+    say(f"{'export':<13}{'result':<13}{'max abs diff':<14}{'top-1':<8}{'MB':<7}stages (s)")
     for e in record["exports"]:
+        name = e.get("name", e["backend"])
+        if "unsupported" in e:
+            recipe = e["upstream_recipe"]
+            shown = f"upstream recipe fails: {recipe['error']}" if recipe["fails"] else "upstream recipe WORKS here"
+            say(f"{name:<13}{'unsupported':<13}{shown}")
+            continue
         if "validation" not in e:
-            say(f"{e['backend']:<10}{'FAILED':<10}{e.get('error', '')}")
+            say(f"{name:<13}{'FAILED':<13}{e.get('error', '')}")
             continue
         v = e["validation"]
         stages = ", ".join(f"{k} {s:.1f}" for k, s in e["seconds"].items())
-        say(f"{e['backend']:<10}{'OK' if e['ok'] else 'MISMATCH':<10}{v['max_abs_diff']:<14.2e}"
+        say(f"{name:<13}{'OK' if e['ok'] else 'MISMATCH':<13}{v['max_abs_diff']:<14.2e}"
             f"{v['top1_agreement']:<8.0%}{e['pte_bytes'] / 1e6:<7.2f}{stages}")  # fmt: skip
     say("")
     say(f"check: {'OK' if record['ok'] else 'FAILED'} in {record['seconds']} s")

@@ -14,7 +14,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from matrix.grid import HERE, Row, load_result, load_rows
+from matrix.grid import HERE, Row, is_current, load_result, load_rows
 
 README = HERE / "README.md"
 HEATMAP = HERE / "heatmap.svg"
@@ -100,13 +100,21 @@ def _cell(p: dict[str, Any]) -> str:
     return f"{p['state']}: upstream {up}, patched {fixed} ({p['verdict']})"
 
 
-def _export_cell(result: dict[str, Any], backend: str) -> str:
+#: Export columns: check's export names (results from before KV-cache support name only the backend).
+EXPORT_COLUMNS = ("portable", "xnnpack", "kv-portable", "kv-8da4w-4w")
+
+
+def _export_cell(result: dict[str, Any], name: str) -> str:
     for e in result.get("exports", []):
-        if e["backend"] == backend:
+        if e.get("name", e["backend"]) == name:
+            if "unsupported" in e:
+                recipe = e["upstream_recipe"]
+                return "unsupported (upstream recipe fails)" if recipe["fails"] else "RANGE-WRONG: recipe works"
             if "validation" not in e:
                 return f"FAILED: {e.get('error', '')[:60]}"
             v = e["validation"]
-            return f"{'OK' if e['ok'] else 'MISMATCH'} {v['max_abs_diff']:.1e}"
+            tokens = "" if "tokens_match" not in v else (", tokens =" if v["tokens_match"] else ", tokens differ")
+            return f"{'OK' if e['ok'] else 'MISMATCH'} {v['max_abs_diff']:.1e}, top-1 {v['top1_agreement']:.0%}{tokens}"
     return "-"
 
 
@@ -119,7 +127,10 @@ def markdown(rows: list[Row]) -> str:
         "Each row is one cell of [`grid.toml`](grid.toml): a venv with those pins, `gemma3n-export-fixes check "
         "--json`. Per patch: its state on that release, whether its reproducer shows the bug on the upstream "
         "code and on the patched code (two fresh processes), and check's verdict. Then export + validate of "
-        "the tiny model per backend (max abs diff vs eager `use_cache=True` logits).",
+        "the tiny model: the seed's fixed window on portable and XNNPACK (max abs diff and top-1 vs eager "
+        "`use_cache=True` logits), and the KV-cache program (float32 on portable; 8da4w linears + 4w embeddings "
+        "on XNNPACK) token by token vs eager greedy `generate` over twice the sliding window. A result marked "
+        "*older package* was produced by an earlier version of the package sources than the checkout's.",
         "",
         "![heat map](heatmap.svg)",
         "",
@@ -130,21 +141,25 @@ def markdown(rows: list[Row]) -> str:
     problems = disagreements(found)
     lines += ["", "Registry vs evidence: " + ("agree on every row." if not problems else "DISAGREE:")]
     lines += [f"- {problem}" for problem in problems]
-    header = ["row", "torch", "executorch", "transformers", *[p.id for p in patches], "portable", "xnnpack", "check"]
+    header = ["row", "torch", "executorch", "transformers", *[p.id for p in patches], *EXPORT_COLUMNS, "check"]
     lines += ["", "## Cells", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         result = load_result(row)
         cells = [row["id"], row["torch"], row["executorch"], row["transformers"]]
         if not result:
-            cells += ["no result"] * (len(patches) + 2) + [", ".join(row["tags"])]
+            cells += ["no result"] * (len(patches) + len(EXPORT_COLUMNS)) + [", ".join(row["tags"])]
         elif not result.get("patches"):
-            cells += [f"check failed: {result.get('error', '')[:80]}"] + [""] * (len(patches) + 1) + ["FAILED"]
+            cells += [f"check failed: {result.get('error', '')[:80]}"]
+            cells += [""] * (len(patches) + len(EXPORT_COLUMNS) - 1) + ["FAILED"]
         else:
             by_id = {p["id"]: p for p in result["patches"]}
             cells += [_cell(by_id[p.id]) if p.id in by_id else "-" for p in patches]
-            cells += [_export_cell(result, "portable"), _export_cell(result, "xnnpack")]
+            cells += [_export_cell(result, name) for name in EXPORT_COLUMNS]
             cell = result["cell"]
-            cells.append(f"{'OK' if result['ok'] else 'FAILED'}, {cell['ran_at'][:10]}, {cell['check_seconds']:.0f} s")
+            older = "" if is_current(row) else ", *older package*"
+            cells.append(
+                f"{'OK' if result['ok'] else 'FAILED'}, {cell['ran_at'][:10]}, {cell['check_seconds']:.0f} s{older}"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -154,7 +169,7 @@ COLOURS = {"fixed": "#3c9a5f", "not-needed": "#b8c4cc", "ok": "#3c9a5f", "none":
 
 def svg(rows: list[Row]) -> str:
     patches = _patches()
-    columns = [p.id for p in patches] + ["portable", "xnnpack"]
+    columns = [p.id for p in patches] + list(EXPORT_COLUMNS)
     cw, rh, left, top = 130, 22, 190, 60
     width, height = left + cw * len(columns) + 10, top + rh * len(rows) + 40
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
@@ -170,16 +185,19 @@ def svg(rows: list[Row]) -> str:
             if name in by_id:
                 v = by_id[name]["verdict"]
                 colour, label = COLOURS.get(v, COLOURS["bad"]), v
-            elif name in ("portable", "xnnpack") and result.get("exports"):
+            elif name in EXPORT_COLUMNS and result.get("exports") and _export_cell(result, name) != "-":
                 text = _export_cell(result, name)
-                colour, label = (COLOURS["ok"] if text.startswith("OK") else COLOURS["bad"]), text.split(" ")[0]
+                if text.startswith("unsupported"):
+                    colour, label = COLOURS["not-needed"], "unsupported"
+                else:
+                    colour, label = (COLOURS["ok"] if text.startswith("OK") else COLOURS["bad"]), text.split(" ")[0]
             else:
                 colour, label = COLOURS["none"], "no result"
             x = left + j * cw
             out.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{rh - 2}" fill="{colour}" stroke="#888"/>')
             out.append(f'<text x="{x + cw / 2}" y="{y + 15}" text-anchor="middle">{html.escape(label)}</text>')
-    out.append(f'<text x="{left}" y="{height - 12}">green: fixed / validated; grey: not needed on that release; '
-               'red: a failure; white: no result yet</text>')  # fmt: skip
+    out.append(f'<text x="{left}" y="{height - 12}">green: fixed / validated; grey: not needed, or '
+               'KV cache unsupported on that release; red: a failure; white: no result yet</text>')  # fmt: skip
     out.append("</svg>")
     return "\n".join(out) + "\n"
 
