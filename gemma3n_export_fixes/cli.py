@@ -174,6 +174,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sizes(args: argparse.Namespace) -> int:
+    from gemma3n_export_fixes.models import BUILTIN
+    from gemma3n_export_fixes.sizes import TABLE_OPTIONS, weight_bytes
+
+    if args.model not in BUILTIN:
+        raise UserError(f"--model must be one of {', '.join(BUILTIN)} (sizes are computed from the config), got "
+                        f"{args.model!r}")  # fmt: skip
+    import_gemma3n(stack_versions())
+    rows = [weight_bytes(args.model, *options) for options in TABLE_OPTIONS]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    print(f"{args.model}: {rows[0]['parameters']:,} parameters; weight bytes per export option (computed per tensor)")
+    print(f"{'dtype':<10}{'linears':<9}{'embeddings':<12}{'GB':>8}{'GiB':>8}{'embeddings GB':>15}{'linears GB':>12}")
+    for r in rows:
+        k = r["by_kind"]
+        print(f"{r['dtype']:<10}{r['quant']:<9}{r['embeddings']:<12}{r['bytes'] / 1e9:>8.2f}{r['bytes'] / 2**30:>8.2f}"
+              f"{k['embedding'] / 1e9:>15.2f}{k['linear'] / 1e9:>12.2f}")  # fmt: skip
+    return 0
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -296,6 +318,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "a tokenizer is known)")  # fmt: skip
     generate.add_argument("--json", action="store_true", help="print a JSON record")
     generate.set_defaults(func=_cmd_generate)
+
+    sizes = sub.add_parser(
+        "sizes",
+        help="weight bytes of a built-in model per export option, computed per tensor (no export)",
+        description=(
+            "Build the model on the meta device (shapes only) and price every tensor the way the export stores it: "
+            "float32/bfloat16, int8 or int4 weights plus their scales, the tied lm_head once or twice. For models "
+            "too large to export on this machine (e2b-shape, e4b-shape)."
+        ),
+    )
+    sizes.add_argument("--model", default="e2b-shape", help="tiny, e2b-shape or e4b-shape (default: e2b-shape)")
+    sizes.add_argument("--json", action="store_true", help="print a JSON list")
+    sizes.set_defaults(func=_cmd_sizes)
 
     check = sub.add_parser(
         "check",

@@ -74,3 +74,38 @@ def tiny_checkpoint(tmp_path_factory, gemma3n_module):
     path = tmp_path_factory.mktemp("tiny-checkpoint")
     build_tiny_model(seed=0).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def check_run(tmp_path_factory, gemma3n_module):
+    """``check --json --keep``, run once: (process result, its JSON record, the directory of its programs).
+
+    Every export path check covers (fixed window portable/XNNPACK, KV cache portable, KV cache 8da4w + 4w on
+    XNNPACK) is built here once and shared by the tests that validate or run those programs.
+    """
+    import json
+
+    base = tmp_path_factory.mktemp("check")
+    out, keep = base / "check.json", base / "programs"
+    result = run_python(["-m", "gemma3n_export_fixes.cli", "check", "--json", str(out), "--keep", str(keep)],
+                        timeout=1800)  # fmt: skip
+    record = json.loads(out.read_text()) if out.exists() else {}
+    return result, record, keep
+
+
+def kv_supported() -> bool:
+    import transformers
+
+    from gemma3n_export_fixes.kvcache import unsupported_reason
+
+    return unsupported_reason(transformers.__version__) is None
+
+
+def require_kv_cache() -> None:
+    """Skip (with the reason) on releases where ``--kv-cache`` is refused; tests/test_kvcache.py covers those."""
+    import transformers
+
+    from gemma3n_export_fixes.kvcache import unsupported_reason
+
+    if reason := unsupported_reason(transformers.__version__):
+        pytest.skip(f"{reason.split(':')[0]}; test_kv_cache_refused_before_5_4 covers this release")

@@ -77,14 +77,17 @@ def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint
     out = tmp_path / "ckpt.pte"
     result = run_python(
         [*CLI, "export", "--model", str(tiny_checkpoint), "--backend", "portable", "--quant-embeddings",
-         "--out", str(out)]
+         "--out", str(out)]  # a bare --quant-embeddings means 8w
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.with_suffix(".json").read_text())
-    assert any("embeddings: int8" in q for q in record["quantized"])
+    assert any("embeddings: int8 per row" in q for q in record["quantized"])
+    assert record["options"]["quant_embeddings"] == "8w" and record["peak_rss_mb"] > 0
     checked = run_python([*CLI, "validate", str(out), "--json"])
     assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
-    assert json.loads(checked.stdout)["top1_agreement"] >= 0.9
+    validated = json.loads(checked.stdout)
+    assert validated["kind"] == "quantized" and validated["top1_agreement"] >= 0.9
+    assert validated["float_top1_agreement"] >= 0.9  # int8 rows of the tiny model: close to float
 
 
 @pytest.mark.slow
@@ -115,23 +118,31 @@ def test_export_int8_without_torchao_says_so(tmp_path):
 
 
 @pytest.mark.slow
-def test_check_runs_reproducers_exports_and_writes_its_record(tmp_path, gemma3n_module):
+def test_check_runs_reproducers_exports_and_writes_its_record(check_run):
     import gemma3n_export_fixes as gx
+    from conftest import kv_supported
 
-    out = tmp_path / "check.json"
-    result = run_python([*CLI, "check", "--json", str(out)])
+    result, record, keep = check_run
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "check: OK" in result.stdout
-    record = json.loads(out.read_text())
     assert record["ok"]
     applied = {s.id for s in gx.status() if s.applied}
     for row in record["patches"]:
         assert row["verdict"] == ("fixed" if row["id"] in applied else "not-needed")
         assert row["upstream"]["bug"] is (row["id"] in applied)
         assert row["patched"]["bug"] is False
-    assert {e["backend"] for e in record["exports"]} == {"portable", "xnnpack"}
-    for export in record["exports"]:
-        assert export["ok"] and export["validation"]["top1_agreement"] == 1.0
+    exports = {e["name"]: e for e in record["exports"]}
+    assert set(exports) == {"portable", "xnnpack", "kv-portable", "kv-8da4w-4w"}
+    for name in ("portable", "xnnpack"):
+        assert exports[name]["ok"] and exports[name]["validation"]["top1_agreement"] == 1.0
+        assert (keep / f"tiny-{name}.pte").is_file()
+    for name in ("kv-portable", "kv-8da4w-4w"):
+        if kv_supported():
+            assert exports[name]["ok"] and exports[name]["validation"]["top1_agreement"] >= 0.9
+            assert (keep / f"tiny-{name}.pte").is_file()
+        else:  # refused, and the upstream recipe's failure is on record
+            assert exports[name]["upstream_recipe"]["fails"], exports[name]
+            assert "needs transformers >= 5.4.0" in exports[name]["unsupported"]
 
 
 def test_check_verdicts():
@@ -182,8 +193,10 @@ def test_export_rejects_a_directory_that_is_not_a_gemma3n_checkpoint(tmp_path, m
         (["--out", "x.txt"], "--out must name a .pte file"),
         (["--seq-len", "0", "--out", "x.pte"], "--seq-len must be at least 1"),
         (["--backend", "xnnpack", "--quant", "int8", "--out", "x.pte"], "fails at execute"),
+        (["--backend", "portable", "--quant", "8da4w", "--out", "x.pte"], "use --backend xnnpack"),
+        (["--kv-cache", "--max-seq-len", "1", "--out", "x.pte"], "--max-seq-len must be at least 2"),
     ],
-    ids=["not-pte", "seq-len", "int8-xnnpack"],
+    ids=["not-pte", "seq-len", "int8-xnnpack", "8da4w-portable", "max-seq-len"],
 )
 def test_export_rejects_bad_options(tmp_path, args, fragment):
     one_line_error(run_python([*CLI, "export", *args], cwd=tmp_path), fragment)

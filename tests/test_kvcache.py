@@ -1,0 +1,148 @@
+"""KV-cache programs: export, token-by-token validation against eager ``generate``, greedy ``generate``.
+
+The programs come from one ``check --keep`` run (``check_run``); on transformers releases before
+``KV_CACHE_SINCE`` the export is refused, and the upstream recipe's failure is reproduced instead.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_commands import CLI, one_line_error
+
+from conftest import require_kv_cache, run_python
+
+
+def test_kv_support_range_is_declared_from_the_fixing_release():
+    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE, unsupported_reason
+
+    assert KV_CACHE_SINCE == "5.4.0"
+    assert unsupported_reason("5.3.0") and "5.4.0" in unsupported_reason("5.3.0")
+    assert unsupported_reason("5.4.0") is None and unsupported_reason("5.23.0") is None
+
+
+@pytest.mark.slow
+def test_upstream_recipe_fails_past_the_sliding_window_exactly_before_5_4(gemma3n_module):
+    """The premise of the declared range, reproduced on the installed release in a fresh process."""
+    import transformers
+    from packaging.version import Version
+
+    code = (
+        "import json, gemma3n_export_fixes as gx; gx.apply()\n"
+        "from gemma3n_export_fixes.kvcache import reproduce_old_recipe_failure\n"
+        "print(json.dumps(reproduce_old_recipe_failure()))\n"
+    )
+    result = run_python(["-c", code])
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    old = Version(transformers.__version__) < Version("5.4.0")
+    assert outcome["fails"] is old, outcome
+    if old:
+        assert "out of bounds" in outcome["error"] or "Constraints violated" in outcome["error"], outcome
+
+
+def test_kv_cache_refused_before_5_4(tmp_path, gemma3n_module):
+    """Before 5.4.0: one line, exit 1, no file. From 5.4.0 the export itself is tested through check_run."""
+    import transformers
+
+    from conftest import kv_supported
+
+    if kv_supported():
+        pytest.skip(f"transformers {transformers.__version__} supports --kv-cache (check_run exports it)")
+    out = tmp_path / "kv.pte"
+    result = run_python([*CLI, "export", "--kv-cache", "--backend", "portable", "--out", str(out)])
+    one_line_error(result, "--kv-cache needs transformers >= 5.4.0")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def kv_programs(check_run):
+    require_kv_cache()
+    result, _, keep = check_run
+    assert result.returncode == 0, result.stdout[-3000:]
+    return keep
+
+
+@pytest.mark.slow
+def test_float_kv_program_matches_eager_generate_token_by_token(kv_programs):
+    pte = kv_programs / "tiny-kv-portable.pte"
+    record = json.loads(pte.with_suffix(".json").read_text())
+    assert record["program"] == "kv-cache" and record["options"]["max_seq_len"] == 32
+    assert record["peak_rss_mb"] > 0
+    result = run_python([*CLI, "validate", str(pte), "--json"])
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    v = json.loads(result.stdout)
+    assert v["program"] == "kv-cache" and v["kind"] == "float32"
+    assert v["tokens_match"] and v["program_tokens"] == v["eager_tokens"]
+    assert v["new_tokens"] >= 2 * v["sliding_window"]
+    assert v["max_abs_diff"] <= 1e-3 and v["top1_agreement"] == 1.0
+
+
+@pytest.mark.slow
+def test_quantized_kv_program_matches_the_quantized_eager_model(kv_programs):
+    pte = kv_programs / "tiny-kv-8da4w-4w.pte"
+    result = run_python([*CLI, "validate", str(pte), "--json"])
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    v = json.loads(result.stdout)
+    assert v["kind"] == "quantized" and v["top1_agreement"] >= 0.9 and v["max_abs_diff"] <= v["tolerance"]
+    # the quantization error itself is reported against the float model
+    assert v["float_max_abs_diff"] is not None and v["float_max_abs_diff"] > 0.0
+    assert 0.0 <= v["float_top1_agreement"] <= 1.0
+
+
+@pytest.mark.slow
+def test_generate_from_token_ids_equals_eager_greedy(kv_programs, gemma3n_module):
+    import torch
+
+    from gemma3n_export_fixes.tiny import build_tiny_model
+
+    prompt = [5, 17, 42, 99]
+    result = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--ids", "5, 17 42,99",
+                         "--max-new-tokens", "24", "--json"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    with torch.no_grad():
+        eager = build_tiny_model().generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24,
+                                            do_sample=False)  # fmt: skip
+    assert out["prompt_ids"] == prompt
+    assert out["new_ids"] == eager[0, len(prompt) :].tolist()  # 24 tokens: three sliding windows past the prompt
+    assert out["text"] is None and out["tokenizer"] is None
+    plain = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--ids", "5,17,42,99",
+                        "--max-new-tokens", "3"])  # fmt: skip
+    assert plain.returncode == 0 and plain.stdout.split() == [str(t) for t in out["new_ids"][:3]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("program", "args", "fragment"),
+    [
+        ("tiny-portable.pte", ["--ids", "1,2"], "a fixed-window program"),
+        ("tiny-kv-portable.pte", ["--prompt", "hello"], "--prompt needs a tokenizer"),
+        ("tiny-kv-portable.pte", ["--ids", "1,2", "--max-new-tokens", "40"], "exceed the program's cache of 32"),
+        ("tiny-kv-portable.pte", ["--ids", "1,999"], "outside the program's vocabulary of 256"),
+        ("tiny-kv-portable.pte", ["--ids", "1,x"], "--ids must be non-negative integers"),
+        ("tiny-kv-portable.pte", ["--ids", "1", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+    ],
+    ids=["fixed-window", "no-tokenizer", "too-long", "vocab", "bad-ids", "zero-tokens"],
+)
+def test_generate_bad_input(kv_programs, program, args, fragment):
+    one_line_error(run_python([*CLI, "generate", str(kv_programs / program), *args]), fragment)
+
+
+@pytest.mark.slow
+def test_generate_with_a_tokenizer_directory(kv_programs, tmp_path):
+    """Text in, text out: a small local tokenizer (built here, nothing downloaded) whose ids fit the vocab."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(256)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", eos_token="w1").save_pretrained(tmp_path)
+    result = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--prompt", "w5 w17 w42",
+                         "--tokenizer", str(tmp_path), "--max-new-tokens", "6", "--json"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout)
+    assert out["prompt_ids"] == [5, 17, 42] and 1 <= len(out["new_ids"]) <= 6
+    assert out["text"].split() == [f"w{i}" for i in out["new_ids"] if i != 1]
