@@ -49,7 +49,7 @@ def _progress(line: str) -> None:
 def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gemma3n_export_fixes.exporting import ExportOptions, export_pte
+    from gemma3n_export_fixes.exporting import ExportOptions, check_out_path, export_pte
     from gemma3n_export_fixes.models import load_model
 
     options = ExportOptions(
@@ -58,8 +58,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )  # fmt: skip
     options.validate()
     out = Path(args.out)
-    if out.suffix != ".pte":
-        raise UserError(f"--out must name a .pte file, got {out}")
+    check_out_path(out)
     versions = stack_versions()
     import_gemma3n(versions)
     if options.kv_cache:

@@ -139,9 +139,11 @@ class Engine:
     # -- apply ---------------------------------------------------------------------------------
     def apply(self, module: ModuleType | None = None, ids: Iterable[str] | None = None) -> list[PatchStatus]:
         """Apply every selected patch this release needs; returns the status of each selected patch."""
+        if module is None:
+            # imported before taking the lock: a thread importing the module runs the post-import hook, which
+            # takes the lock; importing while holding it could deadlock against that thread
+            module = sys.modules.get(TARGET_MODULE) or importlib.import_module(TARGET_MODULE)
         with self._lock:
-            if module is None:
-                module = sys.modules.get(TARGET_MODULE) or importlib.import_module(TARGET_MODULE)
             version = _transformers_version()
             selected = self._select(ids)
             for patch in selected:

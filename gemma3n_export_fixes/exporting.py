@@ -171,11 +171,16 @@ def sidecar_path(pte: Path) -> Path:
     return pte.with_suffix(".json")
 
 
+def check_out_path(out: Path) -> None:
+    """``UserError`` unless ``out`` names a ``.pte`` file (checked before any work is done)."""
+    if out.suffix != ".pte":
+        raise UserError(f"--out must name a .pte file, got {out}")
+
+
 def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress: Progress = _silent) -> dict[str, Any]:
     """Export ``loaded`` to ``out`` (+ ``out.json``); returns the JSON record. Writes nothing on failure."""
     options.validate()
-    if out.suffix != ".pte":
-        raise UserError(f"--out must name a .pte file, got {out}")
+    check_out_path(out)
     require("executorch", "export", "executorch")
     import torch
     from executorch.exir import to_edge, to_edge_transform_and_lower

@@ -63,6 +63,54 @@ def disagreements(found: list[tuple[Row, dict[str, Any]]]) -> list[str]:
     return problems
 
 
+def kv_evidence(found: list[tuple[Row, dict[str, Any]]]) -> dict[Version, bool]:
+    """transformers release -> did the KV-cache exports validate there (rows whose check covered them)."""
+    works: dict[Version, bool] = {}
+    for row, result in found:
+        kv = [e for e in result.get("exports", []) if e.get("name", "").startswith("kv-")]
+        if kv:
+            release = Version(row["transformers"])
+            works[release] = works.get(release, True) and all("validation" in e and e["ok"] for e in kv)
+    return works
+
+
+def kv_disagreements(found: list[tuple[Row, dict[str, Any]]]) -> list[str]:
+    """Rows where the declared KV-cache support (``KV_CACHE_SINCE``) and the evidence disagree."""
+    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+
+    problems = []
+    for row, result in found:
+        for e in result.get("exports", []):
+            if not e.get("name", "").startswith("kv-"):
+                continue
+            declared = Version(row["transformers"]) >= Version(KV_CACHE_SINCE)
+            if declared and not e["ok"]:
+                problems.append(f"{e['name']} on {row['id']}: declared supported, but it failed ({e.get('error', '')})")
+            if not declared and not e.get("upstream_recipe", {}).get("fails", False):
+                problems.append(f"{e['name']} on {row['id']}: declared unsupported, but the upstream recipe worked")
+    return problems
+
+
+def kv_verdict(found: list[tuple[Row, dict[str, Any]]]) -> str:
+    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+
+    works = kv_evidence(found)
+    if not works:
+        return "no evidence yet"
+    good = sorted(v for v, ok in works.items() if ok)
+    bad = sorted(v for v, ok in works.items() if not ok)
+    refused = sorted({Version(r["transformers"]) for r, res in found
+                      if any("unsupported" in e for e in res.get("exports", []))})  # fmt: skip
+    text = f"KV-cache export supported from transformers {KV_CACHE_SINCE}"
+    if good:
+        text += f": validated on {', '.join(map(str, good))}"
+    if bad:
+        text += f"; FAILED on {', '.join(map(str, bad))}"
+    if refused:
+        text += f"; refused (the upstream recipe fails past the sliding window) on {', '.join(map(str, refused))}"
+    return text
+
+
 def verdict(patch: Any, found: list[tuple[Row, dict[str, Any]]]) -> str:
     bugs = upstream_bug_by_release(patch.id, found)
     if not bugs:
@@ -138,7 +186,8 @@ def markdown(rows: list[Row]) -> str:
         "",
     ]
     lines += [f"- **{p.id}**: {verdict(p, found)} ({_upstream_link(p)})" for p in patches]
-    problems = disagreements(found)
+    lines += [f"- **kv-cache**: {kv_verdict(found)} (rows whose check covered it)"]
+    problems = disagreements(found) + kv_disagreements(found)
     lines += ["", "Registry vs evidence: " + ("agree on every row." if not problems else "DISAGREE:")]
     lines += [f"- {problem}" for problem in problems]
     header = ["row", "torch", "executorch", "transformers", *[p.id for p in patches], *EXPORT_COLUMNS, "check"]

@@ -11,6 +11,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 
 import gemma3n_export_fixes as gx
+from conftest import run_python
 from gemma3n_export_fixes.engine import MARKER, Engine, Gemma3nExportFixesWarning, State
 from gemma3n_export_fixes.fingerprint import fingerprint
 from gemma3n_export_fixes.patch import Patch, Target
@@ -235,3 +236,25 @@ def test_a_failing_engine_never_breaks_the_users_import():
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["Gemma3nTextMLP"]
     assert "gemma3n-export-fixes could not run: RuntimeError('engine exploded')" in result.stderr
+
+
+def test_apply_while_another_thread_imports_the_module_does_not_deadlock():
+    """Thread B imports the Gemma 3n module (its post-import hook takes the engine lock) while thread A calls
+    ``apply()`` (which imports the module): the engine must not hold its lock while importing."""
+    code = """
+import threading, time, sys
+import gemma3n_export_fixes as gx
+from gemma3n_export_fixes.patch import TARGET_MODULE
+importer = threading.Thread(target=lambda: __import__(TARGET_MODULE), daemon=True)
+applier = threading.Thread(target=gx.apply, daemon=True)
+importer.start(); time.sleep(0.3); applier.start()
+importer.join(90); applier.join(30)
+import os
+if importer.is_alive() or applier.is_alive():
+    print("hung"); sys.stdout.flush(); os._exit(0)  # a deadlocked engine would also block status()
+print("done", sorted(s.state.value for s in gx.status())); sys.stdout.flush(); os._exit(0)
+"""
+    result = run_python(["-c", code], timeout=200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("done"), result.stdout
+    assert "pending" not in result.stdout

@@ -136,13 +136,13 @@ def test_generate_with_a_tokenizer_directory(kv_programs, tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {f"w{i}": i for i in range(256)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    vocab = {f"t{i:03d}": i for i in range(256)}  # fixed width: no word contains a special token
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="t000"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", eos_token="w1").save_pretrained(tmp_path)
-    result = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--prompt", "w5 w17 w42",
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="t000", eos_token="t001").save_pretrained(tmp_path)
+    result = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--prompt", "t005 t017 t042",
                          "--tokenizer", str(tmp_path), "--max-new-tokens", "6", "--json"])  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout)
     assert out["prompt_ids"] == [5, 17, 42] and 1 <= len(out["new_ids"]) <= 6
-    assert out["text"].split() == [f"w{i}" for i in out["new_ids"] if i != 1]
+    assert out["text"].split() == [f"t{i:03d}" for i in out["new_ids"] if i not in (0, 1)]

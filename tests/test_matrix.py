@@ -10,7 +10,7 @@ from packaging.version import Version
 
 from gemma3n_export_fixes.patches import REGISTRY
 from matrix.grid import ROOT, load_rows, tagged
-from matrix.report import disagreements, evidence, markdown
+from matrix.report import disagreements, evidence, kv_disagreements, markdown
 
 
 def test_grid_rows_are_explicit_and_the_default_stack_is_one_of_them():
@@ -40,6 +40,13 @@ def test_every_declared_boundary_is_bracketed_by_grid_rows():
             assert all(not patch.needed_by(str(v)) for v in later), patch.id
 
 
+def test_the_kv_cache_boundary_is_bracketed_by_adjacent_releases():
+    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+
+    releases = {row["transformers"] for row in tagged("grid")}
+    assert KV_CACHE_SINCE in releases and "5.3.0" in releases  # the last release before it
+
+
 def test_ci_fan_out_has_one_job_per_grid_row():
     out = subprocess.run([sys.executable, str(ROOT / "matrix" / "fanout.py")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -53,7 +60,7 @@ def test_ci_fan_out_has_one_job_per_grid_row():
 def test_registry_ranges_agree_with_the_committed_evidence():
     found = evidence(load_rows())
     assert found, "matrix/results/ holds no cell result yet: run `nox -s matrix`"
-    problems = disagreements(found)
+    problems = disagreements(found) + kv_disagreements(found)
     assert not problems, "\n".join(problems)
 
 
