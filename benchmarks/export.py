@@ -5,7 +5,7 @@
 - patched vs upstream eager forward (seq 32, float32);
 - export stage times, portable vs XNNPACK;
 - .pte forward (portable, XNNPACK) vs eager forward;
-- .pte size per quantization option (portable).
+- .pte size per quantization option (portable); every option incl. KV cache and 8da4w: benchmarks/programs.py.
 A benchmark, not a test: nothing here asserts a time.
 """
 
@@ -84,11 +84,11 @@ def main() -> None:
             sizes[f"{backend}/none"] = record["pte"]["bytes"]
             print(f"export {backend}: " + ", ".join(f"{k} {v:.1f} s" for k, v in record["seconds"].items()))
             print(f".pte forward {backend}: {runtime[backend]:.2f} ms = {runtime[backend] / eager:.2f} x eager")
-        for quant, embeddings in (("int8", False), ("none", True), ("int8", True)):
+        for quant, embeddings in (("int8", "none"), ("none", "8w"), ("int8", "8w")):
             out = Path(tmp) / f"q-{quant}-{embeddings}.pte"
             options = ExportOptions(backend="portable", quant=quant, quant_embeddings=embeddings)
             record = export_pte(load_model("tiny"), out, options)
-            sizes[f"portable/{quant}{'+emb8' if embeddings else ''}"] = record["pte"]["bytes"]
+            sizes[f"portable/{quant}{'+emb' + embeddings if embeddings != 'none' else ''}"] = record["pte"]["bytes"]
     base = sizes["portable/none"]
     for name, size in sizes.items():
         print(f".pte size {name}: {size / 1e6:.2f} MB ({size / base:.2f} x portable float32)")

@@ -28,7 +28,7 @@ GROUP = 32
 
 
 @dataclass
-class Tensor:
+class PricedTensor:
     name: str
     kind: str  # "embedding", "linear" or "other"
     shape: tuple[int, ...]
@@ -54,18 +54,18 @@ def meta_model(spec: str) -> torch.nn.Module:
         return Gemma3nForCausalLM(config)
 
 
-def tensors(model: torch.nn.Module) -> tuple[list[Tensor], bool]:
+def tensors(model: torch.nn.Module) -> tuple[list[PricedTensor], bool]:
     """Every parameter once, classified; and whether ``lm_head`` is tied to ``embed_tokens``."""
     from torch import nn
 
-    seen: dict[int, Tensor] = {}
+    seen: dict[int, PricedTensor] = {}
     for module_name, module in model.named_modules():
         kind = "embedding" if isinstance(module, nn.Embedding) else "linear" if isinstance(module, nn.Linear) else None
         for pname, param in module.named_parameters(recurse=False):
             if id(param) in seen:
                 continue
             name = f"{module_name}.{pname}" if module_name else pname
-            seen[id(param)] = Tensor(name, kind or "other", tuple(param.shape))
+            seen[id(param)] = PricedTensor(name, kind or "other", tuple(param.shape))
     tied = model.lm_head.weight is model.get_input_embeddings().weight
     return list(seen.values()), tied
 
