@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, metavar="FILE.pte", help="where to write the program")
     export.add_argument("--seq-len", type=int, default=32, help="fixed window: number of tokens (default: 32)")
     export.add_argument("--kv-cache", action="store_true", help="prefill+decode program with a static KV cache "
-                        "(transformers >= 5.4.0)")  # fmt: skip
+                        "(transformers >= 5.5.1)")  # fmt: skip
     export.add_argument("--max-seq-len", type=int, default=128, help="--kv-cache: positions in the cache, "
                         "prompt + generated tokens (default: 128)")  # fmt: skip
     export.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")

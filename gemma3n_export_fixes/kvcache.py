@@ -9,12 +9,14 @@ program as mutable buffers; a call at ``cache_position[0] == 0`` starts a new se
 Constant methods follow ExecuTorch's LLM runner conventions (``get_max_seq_len``, ``get_vocab_size``,
 ``use_kv_cache``, ``enable_dynamic_shape``, ...), so a runner can tell a KV-cache program from a fixed window.
 
-Supported from transformers :data:`KV_CACHE_SINCE`: before it, the recipe keeps sliding layers as
+Supported from transformers :data:`KV_CACHE_SINCE`. Before 5.4.0 the recipe keeps sliding layers as
 ``StaticSlidingWindowLayer``, whose fill level is a Python int frozen into the trace, so the exported decode
 fails once the position passes the sliding window (``index_copy_(): index 8 is out of bounds for dimension 2
-with size 8`` on 4.57.6 and 5.0.0rc1; and prefill is limited to ``sliding_window`` tokens). That is generic
-cache code, not Gemma 3n's, and 5.4.0 fixed it in the recipe; ``export --kv-cache`` refuses older releases
-with that reason, and the matrix reproduces it (:func:`reproduce_old_recipe_failure`).
+with size 8`` on 4.57.6 and 5.0.0rc1; and prefill is limited to ``sliding_window`` tokens). 5.4.0 and 5.5.0
+replace those layers by ``StaticLayer(layer.max_cache_len)``, i.e. still only ``sliding_window`` long: the
+prefill fails in export (mask of the cache length vs keys of another) and decode overruns the window. 5.5.1
+sizes them ``max_cache_len``. All of that is generic cache code, not Gemma 3n's; ``export --kv-cache`` refuses
+older releases with that reason, and the matrix reproduces it (:func:`reproduce_old_recipe_failure`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from gemma3n_export_fixes.errors import UserError
 if TYPE_CHECKING:
     import torch
 
-KV_CACHE_SINCE = "5.4.0"
+KV_CACHE_SINCE = "5.5.1"
 #: The method a KV-cache program carries to say so (ExecuTorch LLM runner convention).
 KV_MARKER_METHOD = "use_kv_cache"
 
@@ -40,9 +42,9 @@ def unsupported_reason(transformers_version: str) -> str | None:
     if Version(transformers_version) >= Version(KV_CACHE_SINCE):
         return None
     return (
-        f"--kv-cache needs transformers >= {KV_CACHE_SINCE} (installed: {transformers_version}): older releases "
-        "export the sliding-window layers with their fill level frozen at trace time, so decoding past the "
-        "sliding window fails in the program (index_copy_ out of bounds); upgrade transformers"
+        f"--kv-cache needs transformers >= {KV_CACHE_SINCE} (installed: {transformers_version}): older releases' "
+        "ExecuTorch recipe gives the sliding-window layers a cache that cannot run past the sliding window "
+        "(index_copy_ out of bounds once decoding passes it); upgrade transformers"
     )
 
 

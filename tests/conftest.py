@@ -108,4 +108,4 @@ def require_kv_cache() -> None:
     from gemma3n_export_fixes.kvcache import unsupported_reason
 
     if reason := unsupported_reason(transformers.__version__):
-        pytest.skip(f"{reason.split(':')[0]}; test_kv_cache_refused_before_5_4 covers this release")
+        pytest.skip(f"{reason.split(':')[0]}; test_kv_cache_refused_before_the_supported_release covers this release")

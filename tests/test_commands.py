@@ -142,7 +142,7 @@ def test_check_runs_reproducers_exports_and_writes_its_record(check_run):
             assert (keep / f"tiny-{name}.pte").is_file()
         else:  # refused, and the upstream recipe's failure is on record
             assert exports[name]["upstream_recipe"]["fails"], exports[name]
-            assert "needs transformers >= 5.4.0" in exports[name]["unsupported"]
+            assert "needs transformers >= 5.5.1" in exports[name]["unsupported"]
 
 
 def test_check_verdicts():

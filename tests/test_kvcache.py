@@ -17,13 +17,13 @@ from conftest import require_kv_cache, run_python
 def test_kv_support_range_is_declared_from_the_fixing_release():
     from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE, unsupported_reason
 
-    assert KV_CACHE_SINCE == "5.4.0"
-    assert unsupported_reason("5.3.0") and "5.4.0" in unsupported_reason("5.3.0")
-    assert unsupported_reason("5.4.0") is None and unsupported_reason("5.23.0") is None
+    assert KV_CACHE_SINCE == "5.5.1"  # 5.4.0 - 5.5.0 size the sliding layers' replacement to the window
+    assert unsupported_reason("5.5.0") and "5.5.1" in unsupported_reason("5.5.0")
+    assert unsupported_reason("5.5.1") is None and unsupported_reason("5.23.0") is None
 
 
 @pytest.mark.slow
-def test_upstream_recipe_fails_past_the_sliding_window_exactly_before_5_4(gemma3n_module):
+def test_upstream_recipe_fails_past_the_sliding_window_exactly_before_the_supported_release(gemma3n_module):
     """The premise of the declared range, reproduced on the installed release in a fresh process."""
     import transformers
     from packaging.version import Version
@@ -36,14 +36,16 @@ def test_upstream_recipe_fails_past_the_sliding_window_exactly_before_5_4(gemma3
     result = run_python(["-c", code])
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    old = Version(transformers.__version__) < Version("5.4.0")
+    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+
+    old = Version(transformers.__version__) < Version(KV_CACHE_SINCE)
     assert outcome["fails"] is old, outcome
     if old:
         assert "out of bounds" in outcome["error"] or "Constraints violated" in outcome["error"], outcome
 
 
-def test_kv_cache_refused_before_5_4(tmp_path, gemma3n_module):
-    """Before 5.4.0: one line, exit 1, no file. From 5.4.0 the export itself is tested through check_run."""
+def test_kv_cache_refused_before_the_supported_release(tmp_path, gemma3n_module):
+    """Before 5.5.1: one line, exit 1, no file. From 5.5.1 the export itself is tested through check_run."""
     import transformers
 
     from conftest import kv_supported
@@ -52,7 +54,7 @@ def test_kv_cache_refused_before_5_4(tmp_path, gemma3n_module):
         pytest.skip(f"transformers {transformers.__version__} supports --kv-cache (check_run exports it)")
     out = tmp_path / "kv.pte"
     result = run_python([*CLI, "export", "--kv-cache", "--backend", "portable", "--out", str(out)])
-    one_line_error(result, "--kv-cache needs transformers >= 5.4.0")
+    one_line_error(result, "--kv-cache needs transformers >= 5.5.1")
     assert not list(tmp_path.iterdir())
 
 

@@ -44,7 +44,7 @@ def test_the_kv_cache_boundary_is_bracketed_by_adjacent_releases():
     from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
 
     releases = {row["transformers"] for row in tagged("grid")}
-    assert KV_CACHE_SINCE in releases and "5.3.0" in releases  # the last release before it
+    assert KV_CACHE_SINCE in releases and "5.5.0" in releases  # the last release before it
 
 
 def test_ci_fan_out_has_one_job_per_grid_row():
