@@ -14,7 +14,8 @@ def test_e2b_shape_sizes_match_the_seed_cards_figures(gemma3n_module):
     from gemma3n_export_fixes.sizes import weight_bytes
 
     bf16 = weight_bytes("e2b-shape", "bfloat16")
-    assert bf16["parameters"] == 4_435_182_688
+    # 4,435,182,688 on transformers 5.23.0; 4,456,156,768 on 4.57.6 (the seed card: 4.46B)
+    assert bf16["parameters"] in (4_435_182_688, 4_456_156_768)
     assert bf16["bytes"] * 2 == weight_bytes("e2b-shape", "float32")["bytes"]
     # the seed card: 8.4 GB bf16 (ours: 8.26 GiB) and 7.0 GB int8 linears (ours: 7.01 GiB)
     assert abs(bf16["bytes"] / 2**30 - 8.4) < 0.2
