@@ -7,7 +7,11 @@ Linears (``--quant``):
 - ``8da4w`` / ``8da8w``: torchao ``Int8DynamicActivationIntxWeightConfig``: activations int8 per token at run
   time, weights int4 in groups of :data:`GROUP_SIZE` (8da4w) or int8 per output channel (8da8w). XNNPACK
   consumes these as its dynamically quantized linear kernels. Linears whose input dimension is not a multiple
-  of the group size (Gemma 3n's AltUp linears have 4 inputs) stay in float; the export record lists them.
+  of the group size stay in float; the export record lists them.
+
+Under every scheme the AltUp coefficient linears (``altup.correction_coefs``, ``altup.prediction_coefs``: 4
+inputs, 16 or 4 outputs per layer) stay float: Gemma 3n's code reads and clamps their ``weight`` directly,
+which a quantized tensor does not support (on transformers < 5.0.0 every quantized export failed there).
 
 Embeddings (``--quant-embeddings``): ``embed_tokens`` and ``embed_tokens_per_layer`` (the largest tensor of
 Gemma 3n: ~2.0B of E2B's ~4.4B parameters) become ``8w`` (int8 per row, ExecuTorch's
@@ -28,6 +32,8 @@ if TYPE_CHECKING:
 
 LINEAR_QUANTS = ("none", "int8", "8da4w", "8da8w")
 EMBEDDING_QUANTS = ("none", "8w", "4w")
+#: Linears whose weight Gemma 3n's code reads directly (clamps): never quantized.
+ALTUP_COEFFICIENTS = ("altup.correction_coefs", "altup.prediction_coefs")
 #: Group size of int4 weights (linears and 4w embeddings), as in ExecuTorch's Llama recipes.
 GROUP_SIZE = 32
 
@@ -118,6 +124,7 @@ def quantize_linears(model: torch.nn.Module, scheme: str) -> tuple[list[str], li
     from torchao.quantization import quantize_
 
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    read_directly = {id(m) for name, m in linears if name.endswith(ALTUP_COEFFICIENTS)}
     if scheme == "int8":
         from torchao.quantization import Int8WeightOnlyConfig
 
@@ -134,7 +141,7 @@ def quantize_linears(model: torch.nn.Module, scheme: str) -> tuple[list[str], li
         else:
             config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
             fits = lambda m: True  # noqa: E731
-    chosen = {id(m) for _, m in linears if fits(m)}
+    chosen = {id(m) for _, m in linears if fits(m) and id(m) not in read_directly}
     quantize_(model, config, filter_fn=lambda module, fqn: id(module) in chosen)
     return [n for n, m in linears if id(m) in chosen], [n for n, m in linears if id(m) not in chosen]
 
@@ -157,7 +164,9 @@ def quantize(model: torch.nn.Module, quant: str, embeddings: str) -> list[str]:
         quantized, kept = quantize_linears(model, quant)
         line = f"linears ({len(quantized)}): {LINEAR_DESCRIPTIONS[quant]}"
         if kept:
-            line += f"; left in float (input dim not a multiple of {GROUP_SIZE}): {', '.join(kept)}"
+            line += (
+                f"; left in float (AltUp coefficients, or input dim not a multiple of {GROUP_SIZE}): {', '.join(kept)}"
+            )
         done.append(line)
     if embeddings != "none":
         names = quantize_embeddings(model, embeddings)
