@@ -58,10 +58,11 @@ def main() -> None:
     import torch
 
     import gemma3n_export_fixes as gx
-    from gemma3n_export_fixes.exporting import ExportOptions, export_pte
-    from gemma3n_export_fixes.models import load_model
-    from gemma3n_export_fixes.tiny import tiny_input_ids
-    from gemma3n_export_fixes.validation import load_pte
+    from gemma3n_export_fixes.export.options import ExportOptions
+    from gemma3n_export_fixes.export.program import export_pte
+    from gemma3n_export_fixes.models.sources import load_model
+    from gemma3n_export_fixes.models.tiny import tiny_input_ids
+    from gemma3n_export_fixes.runtime.loading import load_pte
 
     gx.apply()
     torch.set_num_threads(torch.get_num_threads())

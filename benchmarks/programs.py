@@ -37,7 +37,7 @@ CLI = [sys.executable, "-m", "gemma3n_export_fixes.cli"]
 
 
 def run(name: str, args: list[str], workdir: Path) -> dict[str, object]:
-    from gemma3n_export_fixes.sizes import weight_bytes
+    from gemma3n_export_fixes.export.sizes import weight_bytes
 
     out = workdir / (name.replace(" ", "-").replace("+", "-") + ".pte")
     done = subprocess.run([*CLI, "export", "--model", "tiny", *args, "--out", str(out)], capture_output=True,

@@ -6,27 +6,21 @@ Contract:
 - idempotent: a venv processes ``.pth`` files twice per start (CPython issue 75723), and PEP 829
   ``.start`` files may call :func:`install` again.
 
-What it does: unless ``GEMMA3N_EXPORT_FIXES`` turns it off, it puts one tiny finder at the front of
-``sys.meta_path``. The finder answers ``None`` for every import (so it never changes what gets
-imported) and, the first time ``transformers`` is imported, hands over to
-:mod:`gemma3n_export_fixes._hook`, which registers a wrapt post-import hook for Gemma 3n's modelling
+What it does: unless ``GEMMA3N_EXPORT_FIXES`` turns it off (:mod:`gemma3n_export_fixes._env`), it puts
+one tiny finder at the front of ``sys.meta_path``. The finder answers ``None`` for every import (so it
+never changes what gets imported) and, the first time ``transformers`` is imported, hands over to
+:mod:`gemma3n_export_fixes.plugin.hook`, which registers a wrapt post-import hook for Gemma 3n's modelling
 module. The finder then stays, inert: removing it from inside ``find_spec`` would mutate the
 ``sys.meta_path`` list the import system is iterating. Every import pays one string comparison.
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-ENV_VAR = "GEMMA3N_EXPORT_FIXES"
-_OFF_VALUES = frozenset({"0", "false", "no", "off", "disable", "disabled"})
+from gemma3n_export_fixes._env import disabled_by_env
+
 TRIGGER = "transformers"
-
-
-def disabled_by_env() -> bool:
-    """True when ``GEMMA3N_EXPORT_FIXES`` asks for this process to stay unpatched."""
-    return os.environ.get(ENV_VAR, "").strip().lower() in _OFF_VALUES
 
 
 class _TransformersTrigger:
@@ -42,17 +36,14 @@ class _TransformersTrigger:
 
 
 _armed = False  # install() ran (once per process)
-_handed_over = False  # the real machinery took over (once per process)
 
 
 def _hand_over() -> None:
     """Leave the start-up path: register the real post-import hook (imports wrapt lazily)."""
-    global _handed_over
-    _handed_over = True
     try:
-        from gemma3n_export_fixes import _hook
+        from gemma3n_export_fixes.plugin import hook
 
-        _hook.register()
+        hook.register()
     except Exception:
         pass
 

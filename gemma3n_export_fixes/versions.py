@@ -6,6 +6,7 @@ import platform
 from importlib import metadata
 
 STACK = ("torch", "transformers", "executorch", "torchao")
+DISTRIBUTION = "gemma3n-export-fixes"
 
 
 def distribution_version(name: str) -> str | None:
@@ -16,10 +17,15 @@ def distribution_version(name: str) -> str | None:
         return None
 
 
+def package_version() -> str:
+    """This package's installed version (``unknown`` when run from a checkout that was never installed)."""
+    return distribution_version(DISTRIBUTION) or "unknown"
+
+
 def stack_versions() -> dict[str, str | None]:
     """Python, this package and the four libraries an export needs: name -> version (None: absent)."""
     found: dict[str, str | None] = {"python": platform.python_version()}
-    found["gemma3n-export-fixes"] = distribution_version("gemma3n-export-fixes")
+    found[DISTRIBUTION] = distribution_version(DISTRIBUTION)
     for name in STACK:
         found[name] = distribution_version(name)
     return found

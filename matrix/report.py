@@ -21,7 +21,7 @@ HEATMAP = HERE / "heatmap.svg"
 
 
 def _patches() -> list[Any]:
-    from gemma3n_export_fixes.patches import REGISTRY
+    from gemma3n_export_fixes.plugin.patches import REGISTRY
 
     return list(REGISTRY)
 
@@ -76,7 +76,7 @@ def kv_evidence(found: list[tuple[Row, dict[str, Any]]]) -> dict[Version, bool]:
 
 def kv_disagreements(found: list[tuple[Row, dict[str, Any]]]) -> list[str]:
     """Rows where the declared KV-cache support (``KV_CACHE_SINCE``) and the evidence disagree."""
-    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
 
     problems = []
     for row, result in found:
@@ -92,7 +92,7 @@ def kv_disagreements(found: list[tuple[Row, dict[str, Any]]]) -> list[str]:
 
 
 def kv_verdict(found: list[tuple[Row, dict[str, Any]]]) -> str:
-    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
 
     works = kv_evidence(found)
     if not works:

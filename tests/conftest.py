@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import gemma3n_export_fixes as gx
-from gemma3n_export_fixes.patch import TARGET_MODULE
+from gemma3n_export_fixes.plugin import TARGET_MODULE
 
 TESTS = Path(__file__).parent
 SCRIPTS = TESTS / "scripts"
@@ -69,7 +69,7 @@ def run_python(
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, gemma3n_module):
     """The tiny model saved with ``save_pretrained``: what a user's export script loads."""
-    from gemma3n_export_fixes.tiny import build_tiny_model
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     path = tmp_path_factory.mktemp("tiny-checkpoint")
     build_tiny_model(seed=0).save_pretrained(path)
@@ -96,7 +96,7 @@ def check_run(tmp_path_factory, gemma3n_module):
 def kv_supported() -> bool:
     import transformers
 
-    from gemma3n_export_fixes.kvcache import unsupported_reason
+    from gemma3n_export_fixes.export.kvcache import unsupported_reason
 
     return unsupported_reason(transformers.__version__) is None
 
@@ -105,7 +105,7 @@ def require_kv_cache() -> None:
     """Skip (with the reason) on releases where ``--kv-cache`` is refused; tests/test_kvcache.py covers those."""
     import transformers
 
-    from gemma3n_export_fixes.kvcache import unsupported_reason
+    from gemma3n_export_fixes.export.kvcache import unsupported_reason
 
     if reason := unsupported_reason(transformers.__version__):
         pytest.skip(f"{reason.split(':')[0]}; test_kv_cache_refused_before_the_supported_release covers this release")

@@ -9,7 +9,7 @@ LAYER_TYPES = ("sliding_attention", "full_attention")
 
 @st.composite
 def tiny_overrides(draw: st.DrawFn) -> dict:
-    """Overrides for :func:`gemma3n_export_fixes.tiny.tiny_text_config`: layers, sizes, sparsity, sharing."""
+    """Overrides for :func:`gemma3n_export_fixes.models.tiny.tiny_text_config`: layers, sizes, sparsity, sharing."""
     producers = draw(st.lists(st.sampled_from(LAYER_TYPES), min_size=1, max_size=4))
     shared = draw(st.lists(st.sampled_from(sorted(set(producers))), min_size=0, max_size=3))
     layer_types = producers + shared

@@ -6,7 +6,7 @@ import json
 
 import gemma3n_export_fixes as gx
 from conftest import run_python
-from gemma3n_export_fixes.patches import REGISTRY
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 
 
 def test_status_json_matches_the_in_process_status(gemma3n_module):

@@ -62,7 +62,7 @@ def test_validate_passes_for_the_exported_model(portable_pte):
 @pytest.mark.slow
 def test_validate_fails_against_a_different_model(portable_pte, tmp_path, gemma3n_module):
     """Validation can fail: the same architecture with other weights is a different function."""
-    from gemma3n_export_fixes.tiny import build_tiny_model
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     _, out = portable_pte
     other = tmp_path / "other-weights"
@@ -146,7 +146,7 @@ def test_check_runs_reproducers_exports_and_writes_its_record(check_run):
 
 
 def test_check_verdicts():
-    from gemma3n_export_fixes.check import verdict
+    from gemma3n_export_fixes.cli.check import verdict
 
     assert verdict("applied", True, False) == "fixed"
     assert verdict("applied", True, True) == "bug-not-fixed"

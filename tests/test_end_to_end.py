@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import SCRIPTS, run_python
-from gemma3n_export_fixes.tiny import tiny_input_ids
+from gemma3n_export_fixes.models.tiny import tiny_input_ids
 
 pytestmark = pytest.mark.slow
 

@@ -12,17 +12,17 @@ from packaging.specifiers import SpecifierSet
 
 import gemma3n_export_fixes as gx
 from conftest import run_python
-from gemma3n_export_fixes.engine import MARKER, Engine, Gemma3nExportFixesWarning, State
-from gemma3n_export_fixes.fingerprint import fingerprint
-from gemma3n_export_fixes.patch import Patch, Target
-from gemma3n_export_fixes.patches import REGISTRY
+from gemma3n_export_fixes.plugin.engine import ENGINE, MARKER, Engine, Gemma3nExportFixesWarning, State
+from gemma3n_export_fixes.plugin.fingerprint import fingerprint
+from gemma3n_export_fixes.plugin.patch import Patch, Target
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 
 
 def _targets(module):
     """(owner, name) of every replaced target of the patches applied on this release."""
     out = []
     for patch in REGISTRY:
-        if patch.id in gx.api.ENGINE.applied_ids():
+        if patch.id in ENGINE.applied_ids():
             for target in patch.targets:
                 if target.replaced:
                     cls, name = target.path.split(".")
@@ -189,7 +189,7 @@ def test_concurrent_apply_and_revert_leave_a_consistent_state(gemma3n_module):
     for t in threads:
         t.join()
     assert not errors
-    applied = gx.api.ENGINE.applied_ids()
+    applied = ENGINE.applied_ids()
     for patch in REGISTRY:
         for target in (t for t in patch.targets if t.replaced):
             cls, name = target.path.split(".")
@@ -226,9 +226,9 @@ def test_a_failing_engine_never_breaks_the_users_import():
 
     code = (
         "import warnings; warnings.simplefilter('always')\n"
-        "import gemma3n_export_fixes.api as api\n"
+        "import gemma3n_export_fixes.plugin.engine as engine\n"
         "def broken(*a, **k): raise RuntimeError('engine exploded')\n"
-        "api.ENGINE.apply = broken\n"
+        "engine.ENGINE.apply = broken\n"
         "import transformers.models.gemma3n.modeling_gemma3n as m\n"
         "print(m.Gemma3nTextMLP.__name__)\n"
     )
@@ -244,7 +244,7 @@ def test_apply_while_another_thread_imports_the_module_does_not_deadlock():
     code = """
 import threading, time, sys
 import gemma3n_export_fixes as gx
-from gemma3n_export_fixes.patch import TARGET_MODULE
+from gemma3n_export_fixes.plugin import TARGET_MODULE
 importer = threading.Thread(target=lambda: __import__(TARGET_MODULE), daemon=True)
 applier = threading.Thread(target=gx.apply, daemon=True)
 importer.start(); time.sleep(0.3); applier.start()

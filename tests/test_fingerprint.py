@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gemma3n_export_fixes.fingerprint import fingerprint, source_fingerprint
-from gemma3n_export_fixes.patches import REGISTRY
+from gemma3n_export_fixes.plugin.fingerprint import fingerprint, source_fingerprint
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 
 BASE = '''
 def f(self, x):
@@ -38,7 +38,7 @@ def test_installed_release_matches_declared_fingerprints_where_the_patch_is_need
     import transformers
 
     import gemma3n_export_fixes as gx
-    from gemma3n_export_fixes.engine import _resolve
+    from gemma3n_export_fixes.plugin.engine import _resolve
 
     needed = [p for p in REGISTRY if p.needed_by(transformers.__version__)]
     assert needed, "every release with Gemma 3n needs at least gaussian-topk"

@@ -15,7 +15,7 @@ from conftest import require_kv_cache, run_python
 
 
 def test_kv_support_range_is_declared_from_the_fixing_release():
-    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE, unsupported_reason
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE, unsupported_reason
 
     assert KV_CACHE_SINCE == "5.5.1"  # 5.4.0 - 5.5.0 size the sliding layers' replacement to the window
     assert unsupported_reason("5.5.0") and "5.5.1" in unsupported_reason("5.5.0")
@@ -30,13 +30,13 @@ def test_upstream_recipe_fails_past_the_sliding_window_exactly_before_the_suppor
 
     code = (
         "import json, gemma3n_export_fixes as gx; gx.apply()\n"
-        "from gemma3n_export_fixes.kvcache import reproduce_old_recipe_failure\n"
+        "from gemma3n_export_fixes.export.kvcache import reproduce_old_recipe_failure\n"
         "print(json.dumps(reproduce_old_recipe_failure()))\n"
     )
     result = run_python(["-c", code])
     assert result.returncode == 0, result.stderr[-3000:]
     outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
 
     old = Version(transformers.__version__) < Version(KV_CACHE_SINCE)
     assert outcome["fails"] is old, outcome
@@ -97,7 +97,7 @@ def test_quantized_kv_program_matches_the_quantized_eager_model(kv_programs):
 def test_generate_from_token_ids_equals_eager_greedy(kv_programs, gemma3n_module):
     import torch
 
-    from gemma3n_export_fixes.tiny import build_tiny_model
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     prompt = [5, 17, 42, 99]
     result = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--ids", "5, 17 42,99",

@@ -8,7 +8,7 @@ import sys
 
 from packaging.version import Version
 
-from gemma3n_export_fixes.patches import REGISTRY
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 from matrix.grid import ROOT, load_rows, tagged
 from matrix.report import disagreements, evidence, kv_disagreements, markdown
 
@@ -41,7 +41,7 @@ def test_every_declared_boundary_is_bracketed_by_grid_rows():
 
 
 def test_the_kv_cache_boundary_is_bracketed_by_adjacent_releases():
-    from gemma3n_export_fixes.kvcache import KV_CACHE_SINCE
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
 
     releases = {row["transformers"] for row in tagged("grid")}
     assert KV_CACHE_SINCE in releases and "5.5.0" in releases  # the last release before it

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma3n_export_fixes.models import SHAPES, load_model
-from gemma3n_export_fixes.tiny import build_tiny_model, tiny_text_config
+from gemma3n_export_fixes.models.sources import SHAPES, load_model
+from gemma3n_export_fixes.models.tiny import build_tiny_model, tiny_text_config
 
 
 def _meta_model(overrides):

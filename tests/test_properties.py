@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import gemma3n_export_fixes as gx
 from conftest import require_applied
-from gemma3n_export_fixes.tiny import build_tiny_model
+from gemma3n_export_fixes.models.tiny import build_tiny_model
 from strategies import tiny_overrides
 
 DTYPES = st.sampled_from([torch.float32, torch.bfloat16])
@@ -49,7 +49,7 @@ def test_altup_correct_patched_equals_upstream_in_eval_and_leaves_the_parameter(
 ):
     """Coefficients far outside the clip range: the same eval output, and no write to the parameter."""
     require_applied("altup-clamp")
-    from gemma3n_export_fixes.tiny import tiny_text_config
+    from gemma3n_export_fixes.models.tiny import tiny_text_config
 
     config = tiny_text_config(altup_coef_clip=clip)
     torch.manual_seed(seed)
@@ -69,7 +69,7 @@ def test_altup_correct_patched_equals_upstream_in_eval_and_leaves_the_parameter(
 
 def test_altup_training_behaviour_stays_upstreams(gemma3n_module):
     require_applied("altup-clamp")
-    from gemma3n_export_fixes.tiny import tiny_text_config
+    from gemma3n_export_fixes.models.tiny import tiny_text_config
 
     config = tiny_text_config(altup_coef_clip=0.1)
     altup = gemma3n_module.Gemma3nTextAltUp(config).train()

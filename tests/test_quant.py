@@ -26,7 +26,7 @@ def test_quantized_embedding_error_is_within_half_a_step(rows, groups, scheme, s
     """Each looked-up value is within half a quantization step of the float one (and the packing is right)."""
     import torch
 
-    from gemma3n_export_fixes.quant import GROUP_SIZE, QuantizedEmbeddingFactory
+    from gemma3n_export_fixes.export.quant import GROUP_SIZE, QuantizedEmbeddingFactory
 
     torch.manual_seed(seed)
     embedding = torch.nn.Embedding(rows, groups * GROUP_SIZE)
@@ -48,8 +48,8 @@ def test_embed_scale_is_kept(gemma3n_module):
     """Gemma 3n's scaled embeddings multiply the looked-up rows; the quantized copy must too."""
     import torch
 
-    from gemma3n_export_fixes.quant import quantize_embeddings
-    from gemma3n_export_fixes.tiny import build_tiny_model
+    from gemma3n_export_fixes.export.quant import quantize_embeddings
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     model = build_tiny_model()
     ids = torch.tensor([[3, 9, 200]])
@@ -65,8 +65,8 @@ def test_linears_that_do_not_fit_the_group_stay_float(scheme, gemma3n_module):
     pytest.importorskip("torchao", reason="--quant needs torchao")
     from torch import nn
 
-    from gemma3n_export_fixes.quant import ALTUP_COEFFICIENTS, GROUP_SIZE, quantize_linears
-    from gemma3n_export_fixes.tiny import build_tiny_model
+    from gemma3n_export_fixes.export.quant import ALTUP_COEFFICIENTS, GROUP_SIZE, quantize_linears
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     model = build_tiny_model()
     linears = {n: m.in_features for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -84,7 +84,7 @@ def test_linears_that_do_not_fit_the_group_stay_float(scheme, gemma3n_module):
 def small_checkpoint(tmp_path_factory, gemma3n_module):
     """A 2-layer Gemma 3n (one sliding, one full layer): the quantized XNNPACK exports lower in a third of
     the tiny model's time."""
-    from gemma3n_export_fixes.tiny import build_tiny_model
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     path = tmp_path_factory.mktemp("small-checkpoint")
     model = build_tiny_model(
@@ -120,9 +120,11 @@ def test_int8_on_xnnpack_still_fails_at_execute(small_checkpoint, tmp_path, gemm
     code = f"""
 import gemma3n_export_fixes as gx; gx.apply()
 from pathlib import Path
-from gemma3n_export_fixes.exporting import ExportOptions, export_pte
-from gemma3n_export_fixes.models import load_model
-from gemma3n_export_fixes.validation import load_pte, validate
+from gemma3n_export_fixes.export.options import ExportOptions
+from gemma3n_export_fixes.export.program import export_pte
+from gemma3n_export_fixes.models.sources import load_model
+from gemma3n_export_fixes.runtime.loading import load_pte
+from gemma3n_export_fixes.runtime.validation import validate
 out = Path({str(tmp_path / "int8.pte")!r})
 export_pte(load_model({str(small_checkpoint)!r}), out,
            ExportOptions(backend="xnnpack", quant="int8", allow_known_broken=True))

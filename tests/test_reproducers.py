@@ -6,7 +6,7 @@ import pytest
 
 import gemma3n_export_fixes as gx
 from conftest import require_applied
-from gemma3n_export_fixes.patches import REGISTRY
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 
 #: The error family each defect shows on the upstream code.
 EXPECTED_FAILURE = {

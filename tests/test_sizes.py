@@ -11,7 +11,7 @@ from conftest import require_kv_cache, run_python
 
 
 def test_e2b_shape_sizes_match_the_seed_cards_figures(gemma3n_module):
-    from gemma3n_export_fixes.sizes import weight_bytes
+    from gemma3n_export_fixes.export.sizes import weight_bytes
 
     bf16 = weight_bytes("e2b-shape", "bfloat16")
     # 4,435,182,688 on transformers 5.23.0; 4,456,156,768 on 4.57.6 (the seed card: 4.46B)
@@ -25,7 +25,7 @@ def test_e2b_shape_sizes_match_the_seed_cards_figures(gemma3n_module):
 
 
 def test_quantization_orders_the_sizes(gemma3n_module):
-    from gemma3n_export_fixes.sizes import weight_bytes
+    from gemma3n_export_fixes.export.sizes import weight_bytes
 
     def total(*options):
         return weight_bytes("e2b-shape", *options)["bytes"]
@@ -51,7 +51,7 @@ def test_computed_bytes_track_the_measured_programs(check_run):
     """Measured .pte size = computed weight bytes + a program overhead that does not depend on the weights'
     format (graph, delegate headers: 0.25 - 0.5 MB for tiny). A wrong per-tensor rule (e.g. int4 stored one per
     byte) would move one program by hundreds of kB."""
-    from gemma3n_export_fixes.sizes import weight_bytes
+    from gemma3n_export_fixes.export.sizes import weight_bytes
 
     result, record, _ = check_run
     assert result.returncode == 0

@@ -120,7 +120,7 @@ def test_opt_out_leaves_transformers_alone(with_stack):
     code = (
         "import sys, transformers.models.gemma3n.modeling_gemma3n as m\n"
         "print(getattr(m.Gemma3nTextMLP._gaussian_topk, '__gemma3n_export_fixes__', None),"
-        f" 'gemma3n_export_fixes._hook' in sys.modules, {TRIGGERS})\n"
+        f" 'gemma3n_export_fixes.plugin.hook' in sys.modules, {TRIGGERS})\n"
     )
     result = run_python(["-c", code], python=with_stack, env={"GEMMA3N_EXPORT_FIXES": "0"})
     assert result.returncode == 0, result.stderr[-2000:]

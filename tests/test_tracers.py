@@ -8,8 +8,8 @@ import torch
 
 import gemma3n_export_fixes as gx
 from conftest import require_applied
-from gemma3n_export_fixes.exporting import TextOnlyLogits
-from gemma3n_export_fixes.tiny import build_tiny_model, tiny_input_ids, tiny_text_config
+from gemma3n_export_fixes.export.program import TextOnlyLogits
+from gemma3n_export_fixes.models.tiny import build_tiny_model, tiny_input_ids, tiny_text_config
 
 MODES = ["export-nonstrict", "export-strict", "compile-fullgraph"]
 
@@ -49,7 +49,7 @@ WRAPT_PROXY_SCRIPT = """
 import torch, wrapt, warnings
 warnings.simplefilter("ignore")
 import gemma3n_export_fixes as gx
-from gemma3n_export_fixes.tiny import tiny_text_config
+from gemma3n_export_fixes.models.tiny import tiny_text_config
 gx.apply()
 from transformers.models.gemma3n import modeling_gemma3n as m
 cls = m.Gemma3nTextMLP

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma3n_export_fixes.patches import REGISTRY
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 from matrix.grid import ROOT, default_stack
 
 DRAFTS = ROOT / "upstream_prs"

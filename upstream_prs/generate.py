@@ -36,7 +36,7 @@ def unified_diff(old: str, new: str, name: str) -> str:
 def upstream_error(patch_id: str) -> str:
     """What the patch's reproducer shows on the installed upstream code (fresh process, hook off)."""
     env = {**os.environ, "GEMMA3N_EXPORT_FIXES": "0"}
-    proc = subprocess.run([sys.executable, "-m", "gemma3n_export_fixes._reproduce", "upstream"],
+    proc = subprocess.run([sys.executable, "-m", "gemma3n_export_fixes.plugin.reproduce", "upstream"],
                           capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), check=True)  # fmt: skip
     (result,) = [r for r in json.loads(proc.stdout.strip().splitlines()[-1]) if r["id"] == patch_id]
     return result["detail"]
@@ -89,7 +89,7 @@ def record(patch, version: str, today: str, out: Path) -> Path:
 def generate(out: Path = HERE) -> list[Path]:
     import transformers
 
-    from gemma3n_export_fixes.patches import REGISTRY
+    from gemma3n_export_fixes.plugin.patches import REGISTRY
     from upstream_prs.edits import EDITS
 
     version = transformers.__version__

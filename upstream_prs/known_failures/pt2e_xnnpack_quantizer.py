@@ -242,8 +242,8 @@ def run_config(config):
 
     torch.set_num_threads(1)
     gx.apply()
-    from gemma3n_export_fixes.tiny import build_tiny_model, tiny_input_ids
-    from gemma3n_export_fixes.exporting import TextOnlyLogits
+    from gemma3n_export_fixes.models.tiny import build_tiny_model, tiny_input_ids
+    from gemma3n_export_fixes.export.program import TextOnlyLogits
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,

@@ -8,7 +8,8 @@ meta device (shapes only) and every parameter is priced by what the export store
   scale per group of 32;
 - ``--quant 8da4w``: half a byte per element + one scale per group of 32 for every linear whose input dim
   is a multiple of 32 (the others stay float); ``8da8w`` / ``int8``: 1 byte per element + one scale per
-  output channel;
+  output channel; the AltUp coefficient linears stay float (``quant.linear_is_quantized`` decides, for
+  both the export and this table);
 - scales are stored in the model's dtype (float32 scales for int4/8da weights: torchao keeps them float32).
 
 The tied ``lm_head`` shares ``embed_tokens``' tensor: stored once while both are float, twice once either
@@ -21,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gemma3n_export_fixes.export.quant import GROUP_SIZE, linear_is_quantized
+
 if TYPE_CHECKING:
     import torch
-
-GROUP = 32
 
 
 @dataclass
@@ -46,8 +47,8 @@ def meta_model(spec: str) -> torch.nn.Module:
     import torch
     from transformers import Gemma3nForCausalLM
 
-    from gemma3n_export_fixes.models import SHAPES
-    from gemma3n_export_fixes.tiny import tiny_text_config
+    from gemma3n_export_fixes.models.sources import SHAPES
+    from gemma3n_export_fixes.models.tiny import tiny_text_config
 
     config = tiny_text_config(**SHAPES.get(spec, {}))
     with torch.device("meta"):
@@ -76,7 +77,13 @@ def _quantized_bytes(rows: int, cols: int, bits: int, group: int, scale_bytes: i
 
 def weight_bytes(spec: str, dtype: str = "float32", quant: str = "none", embeddings: str = "none") -> dict[str, Any]:
     """Bytes per category for ``spec`` exported with these options (see the module docstring for the rules)."""
-    model = meta_model(spec)
+    return {"model": spec, **price(meta_model(spec), dtype, quant, embeddings)}
+
+
+def price(
+    model: torch.nn.Module, dtype: str = "float32", quant: str = "none", embeddings: str = "none"
+) -> dict[str, Any]:
+    """Bytes per category of ``model``'s (float, unquantized) parameters stored with these options."""
     items, tied = tensors(model)
     fbytes = 4 if dtype == "float32" else 2
     by_kind = {"embedding": 0, "linear": 0, "other": 0}
@@ -87,30 +94,31 @@ def weight_bytes(spec: str, dtype: str = "float32", quant: str = "none", embeddi
             if embeddings == "8w":
                 by_kind["embedding"] += _quantized_bytes(rows, cols, 8, cols, fbytes)
             elif embeddings == "4w":
-                by_kind["embedding"] += _quantized_bytes(rows, cols, 4, GROUP if cols % GROUP == 0 else cols, fbytes)
+                group = GROUP_SIZE if cols % GROUP_SIZE == 0 else cols
+                by_kind["embedding"] += _quantized_bytes(rows, cols, 4, group, fbytes)
             else:
                 by_kind["embedding"] += t.numel * fbytes
             if tied and t.name.endswith("embed_tokens.weight"):
                 lm_head_rows_cols = (rows, cols)
         elif t.kind == "linear":
-            by_kind["linear"] += _linear_bytes(t.shape, quant, fbytes)
+            by_kind["linear"] += _linear_bytes(t.name, t.shape, quant, fbytes)
         else:
             by_kind["other"] += t.numel * fbytes
     if lm_head_rows_cols is not None and (quant != "none" or embeddings != "none"):
         # the tied head is a second tensor once either side is quantized
-        by_kind["linear"] += _linear_bytes(lm_head_rows_cols, quant, fbytes)
+        by_kind["linear"] += _linear_bytes("lm_head.weight", lm_head_rows_cols, quant, fbytes)
     parameters = sum(t.numel for t in items)
-    return {"model": spec, "dtype": dtype, "quant": quant, "embeddings": embeddings, "parameters": parameters,
-            "bytes": sum(by_kind.values()), "by_kind": by_kind}  # fmt: skip
+    return {"dtype": dtype, "quant": quant, "embeddings": embeddings, "parameters": parameters,
+            "float_bytes": parameters * fbytes, "bytes": sum(by_kind.values()), "by_kind": by_kind}  # fmt: skip
 
 
-def _linear_bytes(shape: tuple[int, ...], quant: str, fbytes: int) -> int:
+def _linear_bytes(name: str, shape: tuple[int, ...], quant: str, fbytes: int) -> int:
     out, inp = shape
-    if quant == "8da4w" and inp % GROUP == 0:
-        return _quantized_bytes(out, inp, 4, GROUP, 4)
-    if quant in ("8da8w", "int8"):
-        return _quantized_bytes(out, inp, 8, inp, 4)
-    return out * inp * fbytes
+    if not linear_is_quantized(name.removesuffix(".weight"), inp, quant):
+        return out * inp * fbytes
+    if quant == "8da4w":
+        return _quantized_bytes(out, inp, 4, GROUP_SIZE, 4)
+    return _quantized_bytes(out, inp, 8, inp, 4)
 
 
 #: The options the size table lists, as (dtype, linears, embeddings).

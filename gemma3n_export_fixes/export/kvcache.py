@@ -1,4 +1,4 @@
-"""Prefill + decode programs with a static KV cache, and greedy decoding from them.
+"""Prefill + decode programs with a static KV cache (greedy decoding from them: ``runtime.decoding``).
 
 The program is transformers' own ExecuTorch recipe (``TorchExportableModuleForDecoderOnlyLM``: a static
 cache for every layer, sliding layers included; KV-shared layers read their source layer's cache), exported
@@ -21,11 +21,7 @@ older releases with that reason, and the matrix reproduces it (:func:`reproduce_
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-
-from gemma3n_export_fixes.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -92,57 +88,6 @@ def constant_methods(config: dict[str, Any], max_seq_len: int) -> dict[str, Any]
     }
 
 
-Step = Callable[[Any, int], Any]
-
-
-@dataclass
-class Decoder:
-    """Greedy decoding over a KV-cache ``forward(input_ids, cache_position) -> logits``.
-
-    ``run`` is the program's forward (runtime method or exported module) taking ``[ids, positions]``.
-    """
-
-    run: Callable[[Any, Any], Any]
-    max_seq_len: int
-
-    def _call(self, ids: list[int], start: int) -> torch.Tensor:
-        import torch
-
-        if start + len(ids) > self.max_seq_len:
-            raise UserError(f"{start + len(ids)} tokens do not fit the program's cache of {self.max_seq_len}")
-        tokens = torch.tensor([ids], dtype=torch.long)
-        positions = torch.arange(start, start + len(ids), dtype=torch.long)
-        return self.run(tokens, positions)[0, -1].float()
-
-    def teacher_forced(self, prompt: list[int], continuation: list[int]) -> list[torch.Tensor]:
-        """Next-token logits after the prompt and after each token of ``continuation`` (the last one excluded)."""
-        steps = [self._call(prompt, 0)]
-        for i, token in enumerate(continuation[:-1]):
-            steps.append(self._call([token], len(prompt) + i))
-        return steps
-
-    def greedy(self, prompt: list[int], new_tokens: int, eos: set[int] | None = None) -> list[int]:
-        """Greedy continuation of ``prompt`` (stops early on a token in ``eos``)."""
-        if not prompt:
-            raise UserError("the prompt needs at least one token")
-        out: list[int] = []
-        logits = self._call(prompt, 0)
-        while len(out) < new_tokens:
-            token = int(logits.argmax())
-            out.append(token)
-            if (eos and token in eos) or len(out) == new_tokens:
-                break
-            logits = self._call([token], len(prompt) + len(out) - 1)
-        return out
-
-
-def runtime_decoder(program: Any) -> Decoder:
-    """A :class:`Decoder` over a loaded ExecuTorch KV-cache program (``Runtime.load_program``)."""
-    method = program.load_method("forward")
-    max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
-    return Decoder(run=lambda ids, pos: method.execute([ids, pos])[0], max_seq_len=max_seq_len)
-
-
 def reproduce_old_recipe_failure(max_seq_len: int = 24) -> dict[str, Any]:
     """Run the installed recipe's exported decode past the tiny model's sliding window (in this process).
 
@@ -151,8 +96,8 @@ def reproduce_old_recipe_failure(max_seq_len: int = 24) -> dict[str, Any]:
     """
     import torch
 
-    from gemma3n_export_fixes.patch import first_line
-    from gemma3n_export_fixes.tiny import TINY_DEFAULTS, build_tiny_model
+    from gemma3n_export_fixes.errors import first_line
+    from gemma3n_export_fixes.models.tiny import TINY_DEFAULTS, build_tiny_model
 
     model = build_tiny_model()
     wrapper = exportable(model, max_seq_len)

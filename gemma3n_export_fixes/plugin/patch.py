@@ -1,7 +1,7 @@
 """What a patch declares: its target code, the releases that need it, and how to build the fix.
 
-A patch module (one per fix, under :mod:`gemma3n_export_fixes.patches`) defines one :class:`Patch`.
-The engine (:mod:`gemma3n_export_fixes.engine`) decides whether to apply it and does the
+A patch module (one per fix, under :mod:`gemma3n_export_fixes.plugin.patches`) defines one :class:`Patch`.
+The engine (:mod:`gemma3n_export_fixes.plugin.engine`) decides whether to apply it and does the
 installing, undoing and reporting; a patch only says *what* and *why*.
 """
 
@@ -14,9 +14,6 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-#: The module every patch targets.
-TARGET_MODULE = "transformers.models.gemma3n.modeling_gemma3n"
-
 Function = Callable[..., Any]
 
 
@@ -25,7 +22,7 @@ class Target:
     """One attribute of the target module the patch depends on.
 
     ``path`` is dotted from the module (``"Gemma3nTextMLP._gaussian_topk"``). ``fingerprints`` maps each
-    known fingerprint (see :mod:`gemma3n_export_fixes.fingerprint`) of the upstream code to the releases
+    known fingerprint (see :mod:`gemma3n_export_fixes.plugin.fingerprint`) of the upstream code to the releases
     where it was seen. ``replaced`` is False for code the fix relies on but does not replace (for
     example a caller that must keep forwarding ``**kwargs``): it is checked, never touched.
     """
@@ -33,13 +30,6 @@ class Target:
     path: str
     fingerprints: Mapping[str, str]
     replaced: bool = True
-
-
-def first_line(exc: BaseException, limit: int = 240) -> str:
-    """``Type: first non-empty line of the message`` (shortened): how reports name an error."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -58,11 +48,12 @@ class Reproduction:
 class Patch:
     """A reversible fix for one defect in transformers' Gemma 3n code.
 
-    ``needed_on`` is the PEP 440 range of transformers releases that have the defect (pre-releases
-    included); ``verified_through`` is the newest release whose code was checked by hand. ``build``
-    receives the original upstream functions (``{path: function}``, replaced targets only) and returns
-    the plain functions to install at the same paths; it must not touch anything itself. ``reproduce``
-    runs the defect's reproducer against whatever code is installed right now (patched or not).
+        ``needed_on`` is the PEP 440 range of transformers releases that have the defect (pre-releases
+        included); ``verified_through`` is the newest release whose code was checked by hand: on a newer release
+    the fingerprints alone decide, and the status says so. ``build``
+        receives the original upstream functions (``{path: function}``, replaced targets only) and returns
+        the plain functions to install at the same paths; it must not touch anything itself. ``reproduce``
+        runs the defect's reproducer against whatever code is installed right now (patched or not).
     """
 
     id: str
@@ -80,3 +71,7 @@ class Patch:
     def needed_by(self, transformers_version: str) -> bool:
         """True when ``transformers_version`` lies in :attr:`needed_on` (pre-releases count)."""
         return self.needed_on.contains(Version(transformers_version), prereleases=True)
+
+    def beyond_verified(self, transformers_version: str) -> bool:
+        """True when ``transformers_version`` is newer than every release this patch was checked against."""
+        return Version(transformers_version) > Version(self.verified_through)

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.patch import Function, Patch, Reproduction, Target, first_line
+from gemma3n_export_fixes.errors import first_line
+from gemma3n_export_fixes.plugin.patch import Function, Patch, Reproduction, Target
 
 PATH = "Gemma3nTextMLP._gaussian_topk"
 
@@ -108,7 +109,7 @@ def reproduce() -> Reproduction:
     from executorch.exir import to_edge
     from transformers.models.gemma3n import modeling_gemma3n
 
-    from gemma3n_export_fixes.tiny import tiny_text_config
+    from gemma3n_export_fixes.models.tiny import tiny_text_config
 
     torch.manual_seed(0)
     mlp = modeling_gemma3n.Gemma3nTextMLP(tiny_text_config(), layer_idx=0).eval()

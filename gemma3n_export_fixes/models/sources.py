@@ -3,6 +3,7 @@ configs with random weights, or a local checkpoint directory (``from_pretrained`
 
 Nothing here downloads anything. A checkpoint directory may hold a text-only ``gemma3n_text`` model or
 the full multimodal ``gemma3n`` one; only the text decoder (``language_model`` + ``lm_head``) is loaded.
+A loaded model records its source as an absolute path, so records work from any directory.
 """
 
 from __future__ import annotations
@@ -13,12 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gemma3n_export_fixes.errors import UserError
+from gemma3n_export_fixes.errors import UserError, first_line
 
 if TYPE_CHECKING:
     import torch
 
 BUILTIN = ("tiny", "e2b-shape", "e4b-shape")
+DTYPES = ("float32", "bfloat16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """``float32`` / ``bfloat16`` -> the torch dtype."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def source_spec(spec: str) -> str:
+    """How a model source is recorded: a built-in name as is, a checkpoint directory as an absolute path."""
+    return spec if spec in BUILTIN else str(Path(spec).expanduser().resolve())
 
 
 def _real_layer_types(layers: int) -> list[str]:
@@ -73,6 +87,7 @@ class LoadedModel:
 
     @property
     def parameters(self) -> int:
+        """Parameters of the model as built (float): count before quantizing, which turns some into buffers."""
         return sum(p.numel() for p in self.model.parameters())
 
 
@@ -107,7 +122,7 @@ def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> Lo
     """Load ``spec`` (``tiny``, ``e2b-shape``, ``e4b-shape`` or a checkpoint directory) in eval mode."""
     import torch
 
-    from gemma3n_export_fixes.tiny import build_tiny_model
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     if spec == "tiny":
         model = build_tiny_model(seed=seed, dtype=dtype)
@@ -122,7 +137,9 @@ def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> Lo
         dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         try:
             model = Gemma3nForCausalLM.from_pretrained(directory, **{dtype_kwarg: dtype or torch.float32})
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{directory}: cannot load the checkpoint ({str(exc).splitlines()[0]})") from None
+        except (KeyboardInterrupt, MemoryError):
+            raise
+        except Exception as exc:  # corrupt safetensors, bad config values, ...: all the user's checkpoint
+            raise UserError(f"{directory}: cannot load the checkpoint ({first_line(exc)})") from None
         model = model.eval()
-    return LoadedModel(model=model, source=spec, config=_text_config_dict(model))
+    return LoadedModel(model=model, source=source_spec(spec), config=_text_config_dict(model))

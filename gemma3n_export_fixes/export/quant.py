@@ -38,10 +38,29 @@ ALTUP_COEFFICIENTS = ("altup.correction_coefs", "altup.prediction_coefs")
 GROUP_SIZE = 32
 
 
+def load_quantized_kernels() -> None:
+    """Load ExecuTorch's quantized kernels (``quantized_decomposed::embedding_4bit`` and friends) into this
+    process: a program with quantized embeddings fails without them (``embedding_4bit.dtype_out not found``);
+    a device runner must link them the same way (``quantized_ops_lib``)."""
+    import executorch.kernels.quantized  # noqa: F401
+
+
 def _embedding_ops() -> None:
     """Register ``quantized_decomposed::embedding_{byte,4bit}`` (AOT schema and kernels)."""
-    import executorch.exir.passes._quant_patterns_and_replacements
-    import executorch.kernels.quantized  # noqa: F401
+    import executorch.exir.passes._quant_patterns_and_replacements  # noqa: F401
+
+    load_quantized_kernels()
+
+
+def linear_is_quantized(name: str, in_features: int, scheme: str) -> bool:
+    """Whether ``scheme`` quantizes the linear called ``name`` (the rule both the export and ``sizes`` use).
+
+    The AltUp coefficient linears stay float under every scheme; 8da4w needs an input dim that is a multiple
+    of :data:`GROUP_SIZE`.
+    """
+    if scheme == "none" or name.endswith(ALTUP_COEFFICIENTS):
+        return False
+    return scheme != "8da4w" or in_features % GROUP_SIZE == 0
 
 
 def _symmetric(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,11 +143,10 @@ def quantize_linears(model: torch.nn.Module, scheme: str) -> tuple[list[str], li
     from torchao.quantization import quantize_
 
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    read_directly = {id(m) for name, m in linears if name.endswith(ALTUP_COEFFICIENTS)}
     if scheme == "int8":
         from torchao.quantization import Int8WeightOnlyConfig
 
-        config, fits = Int8WeightOnlyConfig(), (lambda m: True)
+        config = Int8WeightOnlyConfig()
     else:
         from torchao.quantization import Int8DynamicActivationIntxWeightConfig
         from torchao.quantization.granularity import PerAxis, PerGroup
@@ -137,11 +155,9 @@ def quantize_linears(model: torch.nn.Module, scheme: str) -> tuple[list[str], li
             config = Int8DynamicActivationIntxWeightConfig(
                 weight_dtype=torch.int4, weight_granularity=PerGroup(GROUP_SIZE)
             )
-            fits = lambda m: m.in_features % GROUP_SIZE == 0  # noqa: E731
         else:
             config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
-            fits = lambda m: True  # noqa: E731
-    chosen = {id(m) for _, m in linears if fits(m) and id(m) not in read_directly}
+    chosen = {id(m) for name, m in linears if linear_is_quantized(name, m.in_features, scheme)}
     quantize_(model, config, filter_fn=lambda module, fqn: id(module) in chosen)
     return [n for n, m in linears if id(m) in chosen], [n for n, m in linears if id(m) not in chosen]
 

@@ -8,23 +8,32 @@ Contract:
   replacement somebody else installed after us (that is reported, and left alone).
 - A patch that fails half-way is rolled back (undo steps run in reverse) and reported as failed.
 - All state changes hold one re-entrant lock, so concurrent apply/revert leave a consistent state.
+- ``GEMMA3N_EXPORT_FIXES_DISABLE`` leaves the patches it names out of the automatic run (the import hook);
+  they are reported ``disabled``. An explicit ``apply`` does what it is asked.
+- The Gemma 3n module is always imported through ``importlib.import_module`` and never under the lock: a
+  thread importing it runs the post-import hook, which takes the lock (holding it while importing would
+  deadlock), and a module another thread is still importing sits half-built in ``sys.modules``
+  (``import_module`` waits for it; ``sys.modules.get`` would return it and its fingerprints would "drift").
 - Nothing here raises into the import hook's caller: the hook catches, records and warns.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from types import ModuleType
 from typing import Any
 
-from gemma3n_export_fixes.fingerprint import fingerprint
-from gemma3n_export_fixes.patch import TARGET_MODULE, Function, Patch
+from gemma3n_export_fixes import _env
+from gemma3n_export_fixes.plugin import TARGET_MODULE
+from gemma3n_export_fixes.plugin.fingerprint import fingerprint
+from gemma3n_export_fixes.plugin.patch import Function, Patch
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 
 MARKER = "__gemma3n_export_fixes__"
 
@@ -37,6 +46,7 @@ class State(str, Enum):
     PENDING = "pending"
     APPLIED = "applied"
     NOT_NEEDED = "not-needed"
+    DISABLED = "disabled"
     SKIPPED = "skipped-drift"
     FAILED = "failed"
     REVERTED = "reverted"
@@ -103,14 +113,26 @@ def _transformers_version() -> str:
 
 
 def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
-    """Owner, attribute name and the very object stored there (from the owner's ``__dict__``)."""
+    """Owner, attribute name and the very object stored there (from the owner's ``__dict__``).
+
+    A target the class only inherits is drift: replacing it would shadow the base class's function, and
+    revert could not put back what was never there.
+    """
     import wrapt
 
     try:
         owner, name, _ = wrapt.resolve_owner(module, path)
     except Exception as exc:
         raise _Drift(f"{path} not found in this release ({exc})") from exc
-    return owner, name, vars(owner)[name]
+    try:
+        return owner, name, vars(owner)[name]
+    except (KeyError, TypeError) as exc:
+        raise _Drift(f"{path} is not defined by {getattr(owner, '__name__', owner)} itself in this release") from exc
+
+
+def import_target() -> ModuleType:
+    """transformers' Gemma 3n modelling module, imported (or waited for) the safe way; call without the lock."""
+    return importlib.import_module(TARGET_MODULE)
 
 
 class Engine:
@@ -137,12 +159,16 @@ class Engine:
             return {pid for pid, rec in self._records.items() if rec.state is State.APPLIED}
 
     # -- apply ---------------------------------------------------------------------------------
-    def apply(self, module: ModuleType | None = None, ids: Iterable[str] | None = None) -> list[PatchStatus]:
-        """Apply every selected patch this release needs; returns the status of each selected patch."""
+    def apply(
+        self, module: ModuleType | None = None, ids: Iterable[str] | None = None, automatic: bool = False
+    ) -> list[PatchStatus]:
+        """Apply every selected patch this release needs; returns the status of each selected patch.
+
+        ``automatic`` (the import hook): patches named by ``GEMMA3N_EXPORT_FIXES_DISABLE`` are left out.
+        """
         if module is None:
-            # imported before taking the lock: a thread importing the module runs the post-import hook, which
-            # takes the lock; importing while holding it could deadlock against that thread
-            module = sys.modules.get(TARGET_MODULE) or importlib.import_module(TARGET_MODULE)
+            module = import_target()  # never under the lock (see the module docstring)
+        disabled = _env.disabled_patches() if automatic else frozenset()
         with self._lock:
             version = _transformers_version()
             selected = self._select(ids)
@@ -150,8 +176,45 @@ class Engine:
                 record = self._records.get(patch.id)
                 if record and record.state is State.APPLIED and self._intact(record, module):
                     continue
+                if patch.id in disabled:
+                    if record is None or record.state is not State.APPLIED:
+                        self._records[patch.id] = _Record(
+                            State.DISABLED,
+                            f"disabled: {_env.DISABLE_VAR} names it (transformers {version}: "
+                            f"{'needs it' if patch.needed_by(version) else 'does not need it'})",
+                            module=module, transformers=version,
+                        )  # fmt: skip
+                    continue
                 self._records[patch.id] = self._apply_one(patch, module, version)
             return [self._status(p) for p in selected]
+
+    @contextmanager
+    def patched(self, ids: Iterable[str] | None = None) -> Iterator[list[PatchStatus]]:
+        """Run the block with the patches applied; on exit, reverts those that were not applied before."""
+        ids = None if ids is None else list(ids)
+        module = import_target()  # never under the lock
+        with self._lock:
+            was_applied = self.applied_ids()
+            statuses = self.apply(module, ids=ids)
+        try:
+            yield statuses
+        finally:
+            newly = {s.id for s in statuses if s.applied} - was_applied
+            if newly:
+                self.revert(newly)
+
+    @contextmanager
+    def unpatched(self, ids: Iterable[str] | None = None) -> Iterator[None]:
+        """Run the block on the upstream code; on exit, re-applies what was applied before."""
+        ids = None if ids is None else list(ids)
+        with self._lock:
+            was_applied = {s.id for s in self.status(ids) if s.applied}
+            self.revert(was_applied)
+        try:
+            yield
+        finally:
+            if was_applied:
+                self.apply(ids=was_applied)
 
     def _apply_one(self, patch: Patch, module: ModuleType, version: str) -> _Record:
         record = _Record(State.PENDING, "", module=module, transformers=version)
@@ -181,6 +244,10 @@ class Engine:
             return record
         record.state = State.APPLIED
         record.reason = f"applied: transformers {version} is in {patch.needed_on} and the code matches"
+        if patch.beyond_verified(version):
+            record.reason += (
+                f" (newer than the newest release checked, {patch.verified_through}: the fingerprints decided)"
+            )
         if patch.changes_eager_numerics and patch.notes:
             record.reason += f"; {patch.notes[0]}"
         return record
@@ -269,10 +336,8 @@ class Engine:
 
     @staticmethod
     def _pending_reason() -> str:
-        from gemma3n_export_fixes._startup import ENV_VAR, disabled_by_env
-
-        if disabled_by_env():
-            return f"pending: {ENV_VAR} turns the automatic patching off in this process (apply() still works)"
+        if _env.disabled_by_env():
+            return f"pending: {_env.ENV_VAR} turns the automatic patching off in this process (apply() still works)"
         return "pending: transformers' Gemma 3n modelling module has not been imported in this process"
 
     def _warn(self, patch: Patch, reason: str) -> None:
@@ -281,3 +346,7 @@ class Engine:
             return
         self._warned.add(key)
         warnings.warn(f"gemma3n-export-fixes: {patch.id}: {reason}", Gemma3nExportFixesWarning, stacklevel=3)
+
+
+#: The process-wide engine: the import hook and the public API share it.
+ENGINE = Engine(REGISTRY)

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.patch import Function, Patch, Reproduction, Target, first_line
+from gemma3n_export_fixes.errors import first_line
+from gemma3n_export_fixes.plugin.patch import Function, Patch, Reproduction, Target
 
 PATH = "Gemma3nTextAltUp.correct"
 
@@ -60,7 +61,7 @@ def reproduce() -> Reproduction:
     import torch
     from transformers.models.gemma3n import modeling_gemma3n
 
-    from gemma3n_export_fixes.tiny import tiny_text_config
+    from gemma3n_export_fixes.models.tiny import tiny_text_config
 
     config = tiny_text_config()
     torch.manual_seed(0)

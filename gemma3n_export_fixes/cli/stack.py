@@ -36,7 +36,7 @@ def import_gemma3n(versions: dict[str, str | None]) -> None:
     from packaging.version import InvalidVersion, Version
 
     from gemma3n_export_fixes._startup import install
-    from gemma3n_export_fixes.patch import TARGET_MODULE
+    from gemma3n_export_fixes.plugin import TARGET_MODULE
 
     try:
         too_old = Version(versions["transformers"]) < Version("4.53.0")
@@ -56,14 +56,18 @@ def import_gemma3n(versions: dict[str, str | None]) -> None:
 
 
 def status_record() -> dict[str, Any]:
-    """The machine-readable status: versions, activation, and one entry per patch."""
+    """The machine-readable status: versions, activation (with the opt-out switches), and one entry per patch."""
     versions = stack_versions()
     import_gemma3n(versions)
-    from gemma3n_export_fixes import api
-    from gemma3n_export_fixes._startup import disabled_by_env
+    import gemma3n_export_fixes as gx
+    from gemma3n_export_fixes._env import disabled_by_env, disabled_patches
 
     return {
         "versions": versions,
-        "activation": {"files": activation_files(), "disabled_by_env": disabled_by_env()},
-        "patches": [s.to_dict() for s in api.status()],
+        "activation": {
+            "files": activation_files(),
+            "disabled_by_env": disabled_by_env(),
+            "disabled_patches": sorted(disabled_patches()),
+        },
+        "patches": [s.to_dict() for s in gx.status()],
     }

@@ -28,18 +28,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gemma3n_export_fixes.errors import UserError, require
+from gemma3n_export_fixes.errors import UserError, first_line, require
 
 Say = Callable[[str], None]
 GOOD_VERDICTS = ("fixed", "not-needed")
 
 
 def _reproduce(mode: str) -> list[dict[str, Any]]:
-    env = {k: v for k, v in os.environ.items() if k != "GEMMA3N_EXPORT_FIXES"}
+    from gemma3n_export_fixes._env import ENV_VAR
+
+    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
     if mode == "upstream":
-        env["GEMMA3N_EXPORT_FIXES"] = "0"
+        env[ENV_VAR] = "0"
     result = subprocess.run(
-        [sys.executable, "-m", "gemma3n_export_fixes._reproduce", mode],
+        [sys.executable, "-m", "gemma3n_export_fixes.plugin.reproduce", mode],
         capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(),
     )  # fmt: skip
     if result.returncode != 0:
@@ -90,7 +92,7 @@ TINY_MAX_SEQ_LEN = 32
 
 def check_exports() -> dict[str, Any]:
     """The exports ``check`` runs, by name (``ExportOptions``)."""
-    from gemma3n_export_fixes.exporting import ExportOptions
+    from gemma3n_export_fixes.export.options import ExportOptions
 
     kv = {"kv_cache": True, "max_seq_len": TINY_MAX_SEQ_LEN}
     return {
@@ -101,46 +103,53 @@ def check_exports() -> dict[str, Any]:
     }
 
 
-def _kv_unsupported(name: str, options: Any, reason: str, say: Say) -> dict[str, Any]:
-    """On releases without KV-cache support: show that the upstream recipe really fails there."""
-    from gemma3n_export_fixes.kvcache import reproduce_old_recipe_failure
+def _old_recipe_outcome(say: Say) -> dict[str, Any]:
+    """On releases without KV-cache support: show that the upstream recipe really fails there (run once)."""
+    from gemma3n_export_fixes.export.kvcache import reproduce_old_recipe_failure
 
-    say(f"export tiny -> {name}: unsupported on this transformers; reproducing the upstream recipe's failure ...")
+    say("KV cache: unsupported on this transformers; reproducing the upstream recipe's failure ...")
     try:
         outcome = reproduce_old_recipe_failure()
     except Exception as exc:
-        from gemma3n_export_fixes.patch import first_line
-
         outcome = {"fails": True, "error": f"the recipe fails before decoding: {first_line(exc)}"}
-    say(f"export tiny -> {name}: upstream recipe {'fails: ' + outcome['error'] if outcome['fails'] else 'WORKS'}")
+    say(f"KV cache: upstream recipe {'fails: ' + outcome['error'] if outcome['fails'] else 'WORKS'}")
+    return outcome
+
+
+def _kv_unsupported(name: str, options: Any, reason: str, outcome: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": name, "backend": options.backend, "options": options.describe(), "ok": outcome["fails"],
         "unsupported": reason, "upstream_recipe": outcome,
     }  # fmt: skip
 
 
-def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dict[str, Any]:
-    from gemma3n_export_fixes.exporting import export_pte
-    from gemma3n_export_fixes.kvcache import unsupported_reason
-    from gemma3n_export_fixes.models import load_model
-    from gemma3n_export_fixes.patch import first_line
-    from gemma3n_export_fixes.validation import load_program, reference_models, validate, validate_kv
-    from gemma3n_export_fixes.versions import stack_versions
+def _tokens_phrase(options: Any, result: Any) -> str:
+    """How the greedy-token comparison reads, and whether it was judged (float32 only)."""
+    if not options.kv_cache:
+        return ""
+    if result.tokens_match:
+        return ", greedy tokens identical to eager"
+    judged = "judged" if options.kind == "float32" else f"not judged for {options.kind} programs"
+    return f", greedy tokens differ from eager from new token {result.first_divergence} ({judged})"
 
-    if options.kv_cache and (reason := unsupported_reason(stack_versions()["transformers"] or "0")):
-        return _kv_unsupported(name, options, reason, say)
+
+def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dict[str, Any]:
+    from gemma3n_export_fixes.export.program import export_pte
+    from gemma3n_export_fixes.models.sources import load_model
+    from gemma3n_export_fixes.runtime.loading import load_forward, load_program
+    from gemma3n_export_fixes.runtime.validation import reference_models, validate, validate_kv
+
     out = workdir / f"tiny-{name}.pte"
-    kind = "quantized" if options.quant != "none" or options.quant_embeddings != "none" else options.dtype
     say(f"export tiny -> {name} ...")
     try:
         record = export_pte(load_model("tiny"), out, options, progress=say)
         start = time.perf_counter()
         program = load_program(out)
-        reference, float_model = reference_models("tiny", options.describe())
+        reference, float_model = reference_models("tiny", options)
         if options.kv_cache:
-            result = validate_kv(program, reference, kind=kind, float_model=float_model)
+            result = validate_kv(program, reference, kind=options.kind, float_model=float_model)
         else:
-            result = validate(program.load_method("forward"), reference, kind=kind, float_model=float_model)
+            result = validate(load_forward(program, out), reference, kind=options.kind, float_model=float_model)
         seconds = {**record["seconds"], "validate": round(time.perf_counter() - start, 3)}
     except Exception as exc:
         say(f"export tiny -> {name}: FAILED: {first_line(exc)}")
@@ -154,7 +163,7 @@ def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> di
             if result.float_max_abs_diff is None
             else f" (vs float: {result.float_max_abs_diff:.2e}, top-1 {result.float_top1_agreement:.0%})"
         )
-        + (f", greedy tokens {'identical' if result.tokens_match else 'differ'}" if options.kv_cache else "")
+        + _tokens_phrase(options, result)
     )
     return {
         "name": name,
@@ -168,12 +177,13 @@ def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> di
     }
 
 
-def run_check(say: Say = print, exports: tuple[str, ...] | None = None, keep: Path | None = None) -> dict[str, Any]:
+def run_check(say: Say = print, keep: Path | None = None) -> dict[str, Any]:
     """Run the whole check; returns the machine record (``ok`` says whether everything passed).
 
     ``keep``: a directory to leave the exported programs (``tiny-<name>.pte`` + ``.json``) in.
     """
-    from gemma3n_export_fixes.stack import status_record
+    from gemma3n_export_fixes.cli.stack import status_record
+    from gemma3n_export_fixes.export.kvcache import unsupported_reason
 
     require("executorch", "check", "executorch")
     started = time.perf_counter()
@@ -183,14 +193,20 @@ def run_check(say: Say = print, exports: tuple[str, ...] | None = None, keep: Pa
     for p in status["patches"]:
         say(f"patch {p['id']}: {p['state']}")
     patches = _patch_rows(status["patches"], say)
-    chosen = check_exports()
-    names = exports if exports is not None else tuple(chosen)
+    kv_reason = unsupported_reason(versions["transformers"] or "0")
+    old_recipe = _old_recipe_outcome(say) if kv_reason else None
+
+    def run(name: str, options: Any, workdir: Path) -> dict[str, Any]:
+        if options.kv_cache and kv_reason and old_recipe is not None:
+            return _kv_unsupported(name, options, kv_reason, old_recipe)
+        return _export_and_validate(name, options, workdir, say)
+
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        done = [_export_and_validate(name, chosen[name], keep, say) for name in names]
+        done = [run(name, options, keep) for name, options in check_exports().items()]
     else:
         with tempfile.TemporaryDirectory(prefix="gemma3n-check-") as tmp:
-            done = [_export_and_validate(name, chosen[name], Path(tmp), say) for name in names]
+            done = [run(name, options, Path(tmp)) for name, options in check_exports().items()]
     ok = all(p["verdict"] in GOOD_VERDICTS for p in patches) and all(e["ok"] for e in done)
     return {
         "format": "gemma3n-export-fixes/check/1",
@@ -232,7 +248,7 @@ def print_summary(record: dict[str, Any], say: Say = print) -> None:
 
 
 def write_json(record: dict[str, Any], path: Path) -> None:
-    from gemma3n_export_fixes.exporting import write_atomically
+    from gemma3n_export_fixes.export.writing import write_atomically
 
     if path.is_dir():
         raise UserError(f"--json {path}: is a directory")

@@ -24,7 +24,7 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.patch import Function, Patch, Reproduction, Target
+from gemma3n_export_fixes.plugin.patch import Function, Patch, Reproduction, Target
 
 MODEL_FORWARD = "Gemma3nTextModel.forward"
 DECODER_FORWARD = "Gemma3nTextDecoderLayer.forward"
@@ -106,7 +106,7 @@ def reproduce() -> Reproduction:
     """Compare the tiny model's logits with ``use_cache=False`` and ``use_cache=True`` (float32, 32 tokens)."""
     import torch
 
-    from gemma3n_export_fixes.tiny import build_tiny_model, tiny_input_ids
+    from gemma3n_export_fixes.models.tiny import build_tiny_model, tiny_input_ids
 
     model = build_tiny_model(seed=0)
     ids = tiny_input_ids(32)

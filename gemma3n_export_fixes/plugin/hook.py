@@ -1,13 +1,15 @@
 """The real machinery behind the start-up trigger: a wrapt post-import hook on Gemma 3n's module.
 
-Imported only once transformers is being imported (see :mod:`gemma3n_export_fixes._startup`).
+Imported only once transformers is being imported (see :mod:`gemma3n_export_fixes._startup`). The hook
+applies what the installed release needs (honouring ``GEMMA3N_EXPORT_FIXES_DISABLE``) and never raises into
+the importer: a failure becomes one ``Gemma3nExportFixesWarning``.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from gemma3n_export_fixes.patch import TARGET_MODULE
+from gemma3n_export_fixes.plugin import TARGET_MODULE
 
 _registered = False
 
@@ -15,14 +17,14 @@ _registered = False
 def _on_import(module: ModuleType) -> None:
     """Post-import hook: apply what this release needs. Never raises into the importer."""
     try:
-        from gemma3n_export_fixes.api import ENGINE
+        from gemma3n_export_fixes.plugin.engine import ENGINE
 
-        ENGINE.apply(module)
+        ENGINE.apply(module, automatic=True)
     except Exception as exc:
         try:
             import warnings
 
-            from gemma3n_export_fixes.engine import Gemma3nExportFixesWarning
+            from gemma3n_export_fixes.plugin.engine import Gemma3nExportFixesWarning
 
             warnings.warn(f"gemma3n-export-fixes could not run: {exc!r}", Gemma3nExportFixesWarning, stacklevel=2)
         except Exception:

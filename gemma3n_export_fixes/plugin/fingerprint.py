@@ -7,7 +7,7 @@ Python 3.10-3.13 (newer Pythons add fields such as ``type_params`` that are empt
 
 Reproduce one by hand::
 
-    python -c "import transformers.models.gemma3n.modeling_gemma3n as m, gemma3n_export_fixes.fingerprint as f;\
+    python -c "import transformers.models.gemma3n.modeling_gemma3n as m, gemma3n_export_fixes.plugin.fingerprint as f;\
 print(f.fingerprint(m.Gemma3nTextMLP._gaussian_topk))"
 """
 

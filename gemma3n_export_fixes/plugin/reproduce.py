@@ -1,7 +1,7 @@
 """Run every patch's reproducer in this (fresh) process and print the results as JSON.
 
-    python -m gemma3n_export_fixes._reproduce upstream   # run with GEMMA3N_EXPORT_FIXES=0: never patched
-    python -m gemma3n_export_fixes._reproduce patched
+    python -m gemma3n_export_fixes.plugin.reproduce upstream   # with GEMMA3N_EXPORT_FIXES=0: never patched
+    python -m gemma3n_export_fixes.plugin.reproduce patched
 
 ``check`` runs the two modes in separate processes, so the unpatched state cannot leak into the
 patched run (and the reverse).
@@ -18,14 +18,14 @@ import warnings
 def main(argv: list[str]) -> int:
     mode = argv[0] if argv else ""
     if mode not in ("upstream", "patched"):
-        print("usage: python -m gemma3n_export_fixes._reproduce upstream|patched", file=sys.stderr)
+        print("usage: python -m gemma3n_export_fixes.plugin.reproduce upstream|patched", file=sys.stderr)
         return 2
     warnings.simplefilter("ignore")
-    from gemma3n_export_fixes.api import ENGINE
-    from gemma3n_export_fixes.patches import REGISTRY
+    from gemma3n_export_fixes.plugin.engine import ENGINE
+    from gemma3n_export_fixes.plugin.patches import REGISTRY
 
     if mode == "patched":
-        ENGINE.apply()
+        ENGINE.apply(automatic=True)  # what an export script gets (GEMMA3N_EXPORT_FIXES_DISABLE honoured)
     elif ENGINE.applied_ids():
         print("upstream mode needs GEMMA3N_EXPORT_FIXES=0 (a patch is applied)", file=sys.stderr)
         return 2

@@ -1,90 +1,87 @@
-"""``gemma3n-export-fixes``: the command line (status, check, export, validate, generate).
+"""``gemma3n-export-fixes``: the command line (status, check, export, validate, generate, sizes).
 
 Exit codes: 0 ok; 1 a failed check/validation or a user error (one line on stderr, no traceback, no
-output file); 2 usage.
+output file); 2 usage. Results go to stdout, progress and errors to stderr; third-party output goes to a
+log file unless ``--verbose`` (see :mod:`gemma3n_export_fixes.cli.console`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+from gemma3n_export_fixes.cli.console import Console, console, default_log
+from gemma3n_export_fixes.cli.stack import import_gemma3n, status_record
 from gemma3n_export_fixes.errors import UserError
-from gemma3n_export_fixes.stack import import_gemma3n, status_record
-from gemma3n_export_fixes.versions import stack_versions
+from gemma3n_export_fixes.versions import package_version, stack_versions
 
 
-def _print_table(record: dict[str, Any]) -> None:
+def _print_json(con: Console, record: Any) -> None:
+    con.print(json.dumps(record, indent=2))
+
+
+def _print_table(con: Console, record: dict[str, Any]) -> None:
+    from gemma3n_export_fixes._env import DISABLE_VAR, ENV_VAR
+
     versions = record["versions"]
-    print("stack: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()))
-    files = record["activation"]["files"]
-    print(f"activation: {', '.join(files) if files else 'no .pth found (automatic patching inactive)'}")
-    if record["activation"]["disabled_by_env"]:
-        print("activation: GEMMA3N_EXPORT_FIXES turns automatic patching off in this process")
+    con.print("stack: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()))
+    activation = record["activation"]
+    files = activation["files"]
+    con.print(f"activation: {', '.join(files) if files else 'no .pth found (automatic patching inactive)'}")
+    if activation["disabled_by_env"]:
+        con.print(f"activation: {ENV_VAR} turns automatic patching off in this process")
+    if activation["disabled_patches"]:
+        known = {p["id"] for p in record["patches"]}
+        unknown = [p for p in activation["disabled_patches"] if p not in known]
+        con.print(f"activation: {DISABLE_VAR} leaves out {', '.join(activation['disabled_patches'])}"
+                  + (f" (unknown patch ids: {', '.join(unknown)}; known: {', '.join(sorted(known))})"
+                     if unknown else ""))  # fmt: skip
     rows = [(p["id"], p["state"], p["needed_on"], p["reason"]) for p in record["patches"]]
     headers = ("patch", "state", "needed on transformers", "why")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(3)]
-    print()
+    con.print()
     for row in [headers, *rows]:
-        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+        con.print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
+def _cmd_status(args: argparse.Namespace, con: Console) -> int:
     record = status_record()
     if args.json:
-        json.dump(record, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(con, record)
     else:
-        _print_table(record)
+        _print_table(con, record)
     return 0
 
 
-def _progress(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gemma3n_export_fixes.exporting import ExportOptions, check_out_path, export_pte
-    from gemma3n_export_fixes.models import load_model
+def _cmd_export(args: argparse.Namespace, con: Console) -> int:
+    from gemma3n_export_fixes.export.options import ExportOptions
+    from gemma3n_export_fixes.export.program import export_pte
+    from gemma3n_export_fixes.export.writing import check_out_path
+    from gemma3n_export_fixes.models.sources import load_model
 
     options = ExportOptions(
         seq_len=args.seq_len, dtype=args.dtype, backend=args.backend, quant=args.quant,
         quant_embeddings=args.quant_embeddings, kv_cache=args.kv_cache, max_seq_len=args.max_seq_len,
     )  # fmt: skip
-    options.validate()
+    versions = stack_versions()
+    options.check(versions["transformers"])  # before the model loads: bad options cost nothing
     out = Path(args.out)
     check_out_path(out)
-    versions = stack_versions()
     import_gemma3n(versions)
-    if options.kv_cache:
-        from gemma3n_export_fixes.kvcache import unsupported_reason
-
-        if reason := unsupported_reason(versions["transformers"] or "0"):
-            raise UserError(reason)
-    _progress(f"loading {args.model} ...")
+    con.progress(f"loading {args.model} ...")
     loaded = load_model(args.model)
-    _progress(f"loaded {args.model}: {loaded.parameters:,} parameters")
-    record = export_pte(loaded, out, options, progress=_progress)
+    con.progress(f"loaded {args.model}: {loaded.parameters:,} parameters")
+    record = export_pte(loaded, out, options, progress=con.progress)
     applied = [p["id"] for p in record["patches"] if p["state"] == "applied"]
-    print(
+    con.print(
         f"wrote {out} ({record['pte']['bytes'] / 1e6:.2f} MB, {record['program']}, sha256 "
         f"{record['pte']['sha256'][:12]}) and {out.with_suffix('.json')}; peak RSS {record['peak_rss_mb']} MB; "
         f"patches applied: {', '.join(applied) or 'none'}"
     )
     return 0
-
-
-def _program_kind(record: dict[str, Any]) -> str:
-    """The validation kind (``float32``, ``bfloat16`` or ``quantized``) of a program from its export record."""
-    options = record.get("options", {})
-    embeddings = options.get("quant_embeddings", "none")
-    quantized = options.get("quant", "none") != "none" or embeddings not in ("none", False, None)
-    return "quantized" if quantized else options.get("dtype", "float32")
 
 
 def _vs_float(diff: float | None, top1: float | None) -> str:
@@ -96,39 +93,37 @@ def _vs_float(diff: float | None, top1: float | None) -> str:
     )
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gemma3n_export_fixes.validation import (
-        is_kv_program,
-        load_program,
-        reference_models,
-        sidecar,
-        validate,
-        validate_kv,
-    )  # fmt: skip
+def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
+    from gemma3n_export_fixes.export.options import ExportOptions
+    from gemma3n_export_fixes.export.writing import read_sidecar
+    from gemma3n_export_fixes.runtime.loading import is_kv_program, load_forward, load_program
+    from gemma3n_export_fixes.runtime.validation import reference_models, validate, validate_kv
 
     pte = Path(args.pte)
     program = load_program(pte)
-    record = sidecar(pte) or {}
+    record = read_sidecar(pte) or {}
     model = args.model or record.get("model")
     if not model:
         raise UserError(f"{pte}: no export record next to it; say which model it came from with --model")
-    kind = _program_kind(record)
+    options = ExportOptions.from_record(record.get("options", {}))
+    kind = options.kind
     import_gemma3n(stack_versions())
     # the reference: the eager model in the program's dtype and quantization; quantized programs are also
     # compared with the float model (reported, not judged)
-    loaded, float_model = reference_models(model, record.get("options", {}))
+    loaded, float_model = reference_models(model, options)
     if is_kv_program(program):
-        _progress(f"validating {pte}: teacher-forced logits and greedy tokens vs eager generate ...")
+        con.progress(f"validating {pte}: teacher-forced logits and greedy tokens vs eager generate ...")
         kv = validate_kv(program, loaded, kind=kind, float_model=float_model)
         if args.json:
-            json.dump({"pte": str(pte), "model": model, "kind": kind, "program": "kv-cache", **kv.to_dict()},
-                      sys.stdout, indent=2)  # fmt: skip
-            sys.stdout.write("\n")
+            _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "kv-cache", **kv.to_dict()})
         else:
-            where = "" if kv.tokens_match else f" (first divergence at new token {kv.first_divergence})"
-            print(
+            where = (
+                ""
+                if kv.tokens_match
+                else f" (first divergence at new token {kv.first_divergence}"
+                + (")" if kind == "float32" else f"; not judged for {kind} programs)")
+            )
+            con.print(
                 f"{pte}: {'OK' if kv.ok else 'MISMATCH'}: {kv.prompt_len}-token prompt + {kv.new_tokens} greedy tokens "
                 f"(sliding window {kv.sliding_window}, cache {kv.max_seq_len}) vs eager {model} generate: "
                 f"max abs diff {kv.max_abs_diff:.3g} (tolerance {kv.tolerance:g}), top-1 agreement "
@@ -137,13 +132,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 + _vs_float(kv.float_max_abs_diff, kv.float_top1_agreement)
             )
         return 0 if kv.ok else 1
-    result = validate(program.load_method("forward"), loaded, kind=kind, float_model=float_model)
+    result = validate(load_forward(program, pte), loaded, kind=kind, float_model=float_model)
     if args.json:
-        json.dump({"pte": str(pte), "model": model, "kind": kind, "program": "fixed-window", **result.to_dict()},
-                  sys.stdout, indent=2)  # fmt: skip
-        sys.stdout.write("\n")
+        _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "fixed-window", **result.to_dict()})
     else:
-        print(
+        con.print(
             f"{pte}: {'OK' if result.ok else 'MISMATCH'}: max abs diff {result.max_abs_diff:.3g} "
             f"(tolerance {result.tolerance:g}), top-1 agreement {result.top1_agreement:.1%} "
             f"(minimum {result.min_top1:.0%}), finite {result.finite}, {result.seq_len} tokens vs eager "
@@ -153,29 +146,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
-def _cmd_generate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gemma3n_export_fixes.generation import generate_from_pte
+def _cmd_generate(args: argparse.Namespace, con: Console) -> int:
+    from gemma3n_export_fixes.runtime.generation import generate_from_pte
 
     result = generate_from_pte(
         Path(args.pte), ids=args.ids, prompt=args.prompt, tokenizer=args.tokenizer,
         max_new_tokens=args.max_new_tokens,
     )  # fmt: skip
     if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(con, result)
     else:
-        print(" ".join(str(t) for t in result["new_ids"]))
+        con.print(" ".join(str(t) for t in result["new_ids"]))
         if result.get("text") is not None:
-            print(result["text"])
-        _progress(f"{len(result['new_ids'])} tokens, {result['ms_per_token']:.2f} ms/token")
+            con.print(result["text"])
+        per_token = result["decode_ms_per_token"]
+        con.progress(
+            f"{len(result['new_ids'])} new tokens: prefill {len(result['prompt_ids'])} tokens in "
+            f"{result['prefill_ms']:.1f} ms; decode "
+            + (f"{per_token:.2f} ms/token over {result['decode_steps']} steps" if per_token is not None else "-")
+        )
     return 0
 
 
-def _cmd_sizes(args: argparse.Namespace) -> int:
-    from gemma3n_export_fixes.models import BUILTIN
-    from gemma3n_export_fixes.sizes import TABLE_OPTIONS, weight_bytes
+def _cmd_sizes(args: argparse.Namespace, con: Console) -> int:
+    from gemma3n_export_fixes.export.sizes import TABLE_OPTIONS, weight_bytes
+    from gemma3n_export_fixes.models.sources import BUILTIN
 
     if args.model not in BUILTIN:
         raise UserError(f"--model must be one of {', '.join(BUILTIN)} (sizes are computed from the config), got "
@@ -183,33 +178,34 @@ def _cmd_sizes(args: argparse.Namespace) -> int:
     import_gemma3n(stack_versions())
     rows = [weight_bytes(args.model, *options) for options in TABLE_OPTIONS]
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        sys.stdout.write("\n")
+        _print_json(con, rows)
         return 0
-    print(f"{args.model}: {rows[0]['parameters']:,} parameters; weight bytes per export option (computed per tensor)")
-    print(f"{'dtype':<10}{'linears':<9}{'embeddings':<12}{'GB':>8}{'GiB':>8}{'embeddings GB':>15}{'linears GB':>12}")
+    con.print(
+        f"{args.model}: {rows[0]['parameters']:,} parameters; weight bytes per export option (computed per tensor)"
+    )
+    con.print(
+        f"{'dtype':<10}{'linears':<9}{'embeddings':<12}{'GB':>8}{'GiB':>8}{'embeddings GB':>15}{'linears GB':>12}"
+    )
     for r in rows:
         k = r["by_kind"]
-        print(f"{r['dtype']:<10}{r['quant']:<9}{r['embeddings']:<12}{r['bytes'] / 1e9:>8.2f}{r['bytes'] / 2**30:>8.2f}"
-              f"{k['embedding'] / 1e9:>15.2f}{k['linear'] / 1e9:>12.2f}")  # fmt: skip
+        con.print(f"{r['dtype']:<10}{r['quant']:<9}{r['embeddings']:<12}{r['bytes'] / 1e9:>8.2f}"
+                  f"{r['bytes'] / 2**30:>8.2f}{k['embedding'] / 1e9:>15.2f}{k['linear'] / 1e9:>12.2f}")  # fmt: skip
     return 0
 
 
-def _cmd_check(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from gemma3n_export_fixes.check import print_summary, run_check, write_json
+def _cmd_check(args: argparse.Namespace, con: Console) -> int:
+    from gemma3n_export_fixes.cli.check import print_summary, run_check, write_json
 
     if args.json and Path(args.json).is_dir():
         raise UserError(f"--json {args.json}: is a directory")
     keep = Path(args.keep) if args.keep else None
     if keep is not None and keep.exists() and not keep.is_dir():
         raise UserError(f"--keep {args.keep}: exists and is not a directory")
-    record = run_check(say=lambda line: print(line, flush=True), keep=keep)
-    print_summary(record)
+    record = run_check(say=con.print, keep=keep)
+    print_summary(record, say=con.print)
     if args.json:
         write_json(record, Path(args.json))
-        print(f"wrote {args.json}")
+        con.print(f"wrote {args.json}")
     return 0 if record["ok"] else 1
 
 
@@ -219,12 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Fixes for exporting transformers' Gemma 3n text decoder to ExecuTorch. Installing the package "
             "applies them automatically whenever transformers' Gemma 3n code is imported; set "
-            "GEMMA3N_EXPORT_FIXES=0 to turn that off for a process."
+            "GEMMA3N_EXPORT_FIXES=0 to turn that off for a process, or GEMMA3N_EXPORT_FIXES_DISABLE=ID,... to "
+            "leave single patches out (ids: see `status`)."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="show third-party output (library warnings, "
+                        "C++ log lines) instead of sending it to the log file")  # fmt: skip
+    common.add_argument("--log", metavar="FILE", help="where third-party output goes (default: "
+                        "~/.cache/gemma3n-export-fixes/COMMAND.log, overwritten each run)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     status = sub.add_parser(
         "status",
+        parents=[common],
         help="which fixes this transformers release needs, and which were applied (and why not)",
         description=(
             "Import transformers' Gemma 3n module as an export script would, then report per patch: "
@@ -235,11 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print a JSON record instead of a table")
     status.set_defaults(func=_cmd_status)
 
-    from gemma3n_export_fixes.exporting import BACKENDS, DTYPES, QUANTS
-    from gemma3n_export_fixes.quant import EMBEDDING_QUANTS, GROUP_SIZE
+    from gemma3n_export_fixes.export.options import BACKENDS, QUANTS
+    from gemma3n_export_fixes.export.quant import EMBEDDING_QUANTS, GROUP_SIZE
+    from gemma3n_export_fixes.models.sources import DTYPES
 
     export = sub.add_parser(
         "export",
+        parents=[common],
         help="export the text decoder to an ExecuTorch .pte (and a .json record next to it)",
         description=(
             "Export the Gemma 3n text decoder (language_model + lm_head; no vision/audio towers). Default: the "
@@ -284,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser(
         "validate",
+        parents=[common],
         help="run a .pte in the ExecuTorch runtime and compare with the eager model",
         description=(
             "Load FILE.pte in the ExecuTorch runtime and compare with the eager model on seeded real token ids. "
@@ -300,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     generate = sub.add_parser(
         "generate",
+        parents=[common],
         help="greedy decoding from a --kv-cache .pte: token ids in, token ids out",
         description=(
             "Run a KV-cache program in the ExecuTorch runtime: prefill the prompt, then greedy decoding. Give token "
@@ -320,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sizes = sub.add_parser(
         "sizes",
+        parents=[common],
         help="weight bytes of a built-in model per export option, computed per tensor (no export)",
         description=(
             "Build the model on the meta device (shapes only) and price every tensor the way the export stores it: "
@@ -333,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser(
         "check",
+        parents=[common],
         help="the main job: patch states, reproducers, export + validate of tiny on portable and XNNPACK",
         description=(
             "For the installed stack: versions, each patch's state, each patch's reproducer on the upstream and "
@@ -347,21 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import warnings
+    import traceback
 
     args = build_parser().parse_args(argv)
-    # torch/transformers deprecation chatter is not for the user of this command line
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    try:
-        return int(args.func(args))
-    except UserError as exc:
-        print(f"gemma3n-export-fixes: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("gemma3n-export-fixes: interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    log = Path(args.log) if args.log else default_log(args.command)
+    with console(args.verbose, log) as con:
+        try:
+            code = int(args.func(args, con))
+        except UserError as exc:
+            con.error(f"gemma3n-export-fixes: error: {exc}")
+            return 1
+        except KeyboardInterrupt:
+            con.error("gemma3n-export-fixes: interrupted")
+            return 130
+        except Exception:  # a bug, ours or a library's: the whole traceback, never hidden
+            con.error(traceback.format_exc().rstrip())
+            code = 1
+        if code != 0 and con.log is not None:
+            con.error(f"gemma3n-export-fixes: third-party output of this run: {con.log}")
+        return code

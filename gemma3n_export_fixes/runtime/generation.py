@@ -8,7 +8,6 @@ downloaded: tokenizers load with ``local_files_only``.
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +52,9 @@ def generate_from_pte(
 ) -> dict[str, Any]:  # fmt: skip
     """Greedy decoding from a KV-cache program; returns the record the CLI prints."""
     require("executorch", "generate", "executorch")
-    from gemma3n_export_fixes.kvcache import runtime_decoder
-    from gemma3n_export_fixes.validation import is_kv_program, load_program, sidecar
+    from gemma3n_export_fixes.export.writing import read_sidecar
+    from gemma3n_export_fixes.runtime.decoding import runtime_decoder
+    from gemma3n_export_fixes.runtime.loading import is_kv_program, load_program
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
@@ -62,7 +62,7 @@ def generate_from_pte(
     program = load_program(pte)
     if not is_kv_program(program):
         raise UserError(f"{pte}: a fixed-window program; `generate` needs one exported with --kv-cache")
-    record = sidecar(pte) or {}
+    record = read_sidecar(pte) or {}
     tok_dir = find_tokenizer_dir(tokenizer, record)
     tok = load_tokenizer(tok_dir) if tok_dir else None
     if prompt_ids is None:
@@ -81,19 +81,15 @@ def generate_from_pte(
     eos = None
     if tok is not None and tok.eos_token_id is not None:
         eos = {tok.eos_token_id} if isinstance(tok.eos_token_id, int) else set(tok.eos_token_id)
-    start = time.perf_counter()
-    try:
-        new_ids = decoder.greedy(prompt_ids, max_new_tokens, eos=eos)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"the ExecuTorch runtime failed to run the program ({str(exc).splitlines()[0]})") from None
-    elapsed = time.perf_counter() - start
+    result = decoder.greedy(prompt_ids, max_new_tokens, eos=eos)
+    per_token = result.decode_ms_per_token
     return {
         "pte": str(pte),
         "prompt_ids": prompt_ids,
-        "new_ids": new_ids,
-        "text": tok.decode(new_ids, skip_special_tokens=True) if tok is not None else None,
+        "new_ids": result.tokens,
+        "text": tok.decode(result.tokens, skip_special_tokens=True) if tok is not None else None,
         "tokenizer": str(tok_dir) if tok_dir else None,
-        "ms_per_token": round(elapsed * 1000 / max(1, len(new_ids) + len(prompt_ids) - 1), 3),
+        "prefill_ms": round(result.prefill_ms, 3),
+        "decode_ms_per_token": None if per_token is None else round(per_token, 3),
+        "decode_steps": len(result.decode_ms),
     }

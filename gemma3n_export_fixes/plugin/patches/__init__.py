@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gemma3n_export_fixes.patch import Patch
-from gemma3n_export_fixes.patches import altup_clamp, gaussian_topk, kv_share_nocache
+from gemma3n_export_fixes.plugin.patch import Patch
+from gemma3n_export_fixes.plugin.patches import altup_clamp, gaussian_topk, kv_share_nocache
 
 REGISTRY: tuple[Patch, ...] = (altup_clamp.PATCH, gaussian_topk.PATCH, kv_share_nocache.PATCH)
 

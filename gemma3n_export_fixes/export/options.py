@@ -1,0 +1,87 @@
+"""What an export is asked to build, and the one place those requests are checked.
+
+The CLI checks the options (and the output path) before it loads a model; ``export_pte`` checks them again
+for library callers. Both call :meth:`ExportOptions.check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gemma3n_export_fixes.errors import UserError
+from gemma3n_export_fixes.export.quant import EMBEDDING_QUANTS, LINEAR_QUANTS
+from gemma3n_export_fixes.models.sources import DTYPES
+
+BACKENDS = ("xnnpack", "portable")
+QUANTS = LINEAR_QUANTS
+#: Linear schemes that only XNNPACK runs (dynamically quantized activations).
+XNNPACK_ONLY_QUANTS = ("8da4w", "8da8w")
+
+
+@dataclass
+class ExportOptions:
+    seq_len: int = 32
+    dtype: str = "float32"
+    backend: str = "xnnpack"
+    quant: str = "none"
+    quant_embeddings: str = "none"
+    kv_cache: bool = False
+    max_seq_len: int = 128
+    #: Build combinations known to produce a broken program (for the reproducer of that upstream bug).
+    allow_known_broken: bool = False
+
+    def check(self, transformers_version: str | None = None) -> None:
+        """``UserError`` for options that cannot work (together, or on ``transformers_version``)."""
+        if self.seq_len < 1:
+            raise UserError(f"--seq-len must be at least 1, got {self.seq_len}")
+        if self.max_seq_len < 2:
+            raise UserError(f"--max-seq-len must be at least 2, got {self.max_seq_len}")
+        for name, value, allowed in (
+            ("--dtype", self.dtype, DTYPES),
+            ("--backend", self.backend, BACKENDS),
+            ("--quant", self.quant, QUANTS),
+            ("--quant-embeddings", self.quant_embeddings, EMBEDDING_QUANTS),
+        ):
+            if value not in allowed:
+                raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        if self.backend == "xnnpack" and self.quant == "int8" and not self.allow_known_broken:
+            raise UserError(
+                "--quant int8 with --backend xnnpack builds a .pte that fails at execute (XNNPACK: 'Failed to "
+                "retrieve dim order', error 0x1; an upstream ExecuTorch/torchao defect): use --backend portable"
+            )
+        if self.quant in XNNPACK_ONLY_QUANTS and self.backend != "xnnpack":
+            raise UserError(
+                f"--quant {self.quant} runs on XNNPACK's dynamically quantized kernels: use --backend xnnpack"
+            )
+        if self.kv_cache and transformers_version is not None:
+            from gemma3n_export_fixes.export.kvcache import unsupported_reason
+
+            if reason := unsupported_reason(transformers_version):
+                raise UserError(reason)
+
+    @property
+    def quantized(self) -> bool:
+        return self.quant != "none" or self.quant_embeddings != "none"
+
+    @property
+    def kind(self) -> str:
+        """How a validation judges the program: ``quantized``, or its float dtype."""
+        return "quantized" if self.quantized else self.dtype
+
+    def describe(self) -> dict[str, Any]:
+        """The options as recorded in the ``.json`` next to the ``.pte``."""
+        shown = {k: v for k, v in vars(self).items() if k != "allow_known_broken"}
+        if self.kv_cache:
+            shown.pop("seq_len")
+        else:
+            shown.pop("max_seq_len")
+        return shown
+
+    @classmethod
+    def from_record(cls, options: dict[str, Any]) -> ExportOptions:
+        """The options of an export record (``FILE.json``'s ``options``), including records of older releases."""
+        embeddings = options.get("quant_embeddings", "none")
+        embeddings = {True: "8w", False: "none", None: "none"}.get(embeddings, embeddings)  # records before 4w
+        known = {k: v for k, v in options.items() if k in cls.__dataclass_fields__}
+        return cls(**{**known, "quant_embeddings": embeddings})

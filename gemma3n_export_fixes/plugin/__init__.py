@@ -1,0 +1,43 @@
+"""The plugin: what runs when transformers is imported. Never imports the export tool.
+
+- :mod:`.hook`: the wrapt post-import hook on Gemma 3n's modelling module (registered by ``_startup``);
+- :mod:`.engine`: decides, installs, reverts and reports patches; owns the process-wide :data:`ENGINE`;
+- :mod:`.api`: ``apply`` / ``revert`` / ``status`` / ``patched`` / ``unpatched`` (re-exported by the package);
+- :mod:`.patch`: what a patch declares; :mod:`.fingerprint`: drift detection; :mod:`.patches`: one module per
+  fix; :mod:`.reproduce`: every patch's reproducer in a fresh process (``check`` runs it).
+
+This package stays import-light: importing it (the hook does, at ``import transformers``) loads only this
+file; the rest loads when the Gemma 3n module is imported or the API is used.
+"""
+
+from __future__ import annotations
+
+#: The module every patch targets (the post-import hook watches it).
+TARGET_MODULE = "transformers.models.gemma3n.modeling_gemma3n"
+
+__all__ = [
+    "TARGET_MODULE",
+    "Gemma3nExportFixesWarning",
+    "PatchStatus",
+    "State",
+    "apply",
+    "patched",
+    "revert",
+    "status",
+    "unpatched",
+]
+
+_API = {"apply", "revert", "status", "patched", "unpatched"}
+_ENGINE = {"PatchStatus", "State", "Gemma3nExportFixesWarning"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _API:
+        from gemma3n_export_fixes.plugin import api
+
+        return getattr(api, name)
+    if name in _ENGINE:
+        from gemma3n_export_fixes.plugin import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module 'gemma3n_export_fixes.plugin' has no attribute {name!r}")

@@ -1,0 +1,75 @@
+"""Loading a ``.pte`` in the ExecuTorch runtime without letting a bad file take the process down, and the one
+place runtime failures become one-line errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gemma3n_export_fixes.errors import UserError, message_line, require
+from gemma3n_export_fixes.export.kvcache import KV_MARKER_METHOD
+
+
+def check_pte_header(path: Path) -> None:
+    """Refuse files the runtime would choke on (a corrupt buffer can abort the whole process).
+
+    An ExecuTorch program is a flatbuffer with file identifier ``ET`` + 2 digits at byte 4; when the
+    extended header ``eh00`` follows, its program size and segment offsets must fit inside the file.
+    """
+    import struct
+
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(40)
+    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
+        raise UserError(f"{path}: not an ExecuTorch program (no ET flatbuffer identifier)")
+    if head[8:12] == b"eh00" and len(head) >= 32:
+        program_size, segment_base, segment_size = struct.unpack_from("<QQQ", head, 16)
+        if program_size > size or segment_base + segment_size > size:
+            raise UserError(f"{path}: truncated ExecuTorch program ({size} bytes, header says more)")
+
+
+@contextmanager
+def runtime_errors(what: str = "the ExecuTorch runtime failed to run the program") -> Iterator[None]:
+    """Turn a runtime failure inside the block into a one-line :class:`UserError` (user errors pass as they are)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{what} ({message_line(exc)})") from None
+
+
+def load_program(path: Path) -> Any:
+    """A ``.pte`` loaded in the ExecuTorch runtime (``Program``); ``UserError`` when it is not one."""
+    require("executorch", "running a .pte", "executorch")
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    check_pte_header(path)
+    from gemma3n_export_fixes.export.quant import load_quantized_kernels
+
+    load_quantized_kernels()  # quantized embeddings; a device runner links them the same way
+    from executorch.runtime import Runtime
+
+    with runtime_errors(f"{path}: not a loadable ExecuTorch program"):
+        program = Runtime.get().load_program(str(path))
+    if "forward" not in program.method_names:
+        raise UserError(f"{path}: the program has no forward method")
+    return program
+
+
+def load_forward(program: Any, path: Path) -> Any:
+    """The program's ``forward`` method, ready to execute."""
+    with runtime_errors(f"{path}: not a loadable ExecuTorch program"):
+        return program.load_method("forward")
+
+
+def is_kv_program(program: Any) -> bool:
+    return KV_MARKER_METHOD in program.method_names
+
+
+def load_pte(path: Path) -> Any:
+    """The ``forward`` method of the ``.pte`` at ``path`` (:func:`load_program` + :func:`load_forward`)."""
+    return load_forward(load_program(path), path)
