@@ -40,6 +40,11 @@ def load_rows(path: Path = GRID_FILE) -> list[Row]:
     return rows
 
 
+def transformers_releases(path: Path = HERE / "transformers_releases.txt") -> list[str]:
+    """Every transformers release with Gemma 3n, oldest first (``transformers_releases.txt``)."""
+    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
 def tagged(tag: str, rows: list[Row] | None = None) -> list[Row]:
     return [row for row in (rows if rows is not None else load_rows()) if tag in row["tags"]]
 

@@ -64,10 +64,11 @@ def disagreements(found: list[tuple[Row, dict[str, Any]]]) -> list[str]:
 
 
 def kv_evidence(found: list[tuple[Row, dict[str, Any]]]) -> dict[Version, bool]:
-    """transformers release -> did the KV-cache exports validate there (rows whose check covered them)."""
+    """transformers release -> did the KV-cache exports validate there (rows whose check exported them; a
+    release where check refused the KV cache as unsupported is not evidence either way: see ``kv_verdict``)."""
     works: dict[Version, bool] = {}
     for row, result in found:
-        kv = [e for e in result.get("exports", []) if e.get("name", "").startswith("kv-")]
+        kv = [e for e in result.get("exports", []) if e.get("name", "").startswith("kv-") and "unsupported" not in e]
         if kv:
             release = Version(row["transformers"])
             works[release] = works.get(release, True) and all("validation" in e and e["ok"] for e in kv)
@@ -95,12 +96,12 @@ def kv_verdict(found: list[tuple[Row, dict[str, Any]]]) -> str:
     from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
 
     works = kv_evidence(found)
-    if not works:
+    refused = sorted({Version(r["transformers"]) for r, res in found
+                      if any("unsupported" in e for e in res.get("exports", []))})  # fmt: skip
+    if not works and not refused:
         return "no evidence yet"
     good = sorted(v for v, ok in works.items() if ok)
     bad = sorted(v for v, ok in works.items() if not ok)
-    refused = sorted({Version(r["transformers"]) for r, res in found
-                      if any("unsupported" in e for e in res.get("exports", []))})  # fmt: skip
     text = f"KV-cache export supported from transformers {KV_CACHE_SINCE}"
     if good:
         text += f": validated on {', '.join(map(str, good))}"

@@ -258,3 +258,80 @@ print("done", sorted(s.state.value for s in gx.status())); sys.stdout.flush(); o
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("done"), result.stdout
     assert "pending" not in result.stdout
+
+
+def test_patched_while_another_thread_imports_the_module_does_not_deadlock():
+    """Like the test above for ``gx.patched()``: it must import the module outside the engine lock, and wait
+    for a half-built module (``import_module``) rather than fingerprint it (``sys.modules.get``: "drift")."""
+    code = """
+import threading, time, sys, os, warnings
+warnings.simplefilter("always")
+import gemma3n_export_fixes as gx
+from gemma3n_export_fixes.plugin import TARGET_MODULE
+seen = []
+def enter_patched():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with gx.patched() as statuses:
+            seen.extend(s.state.value for s in statuses)
+    seen.extend(str(w.message) for w in caught if "gemma3n-export-fixes" in str(w.message))
+importer = threading.Thread(target=lambda: __import__(TARGET_MODULE), daemon=True)
+patcher = threading.Thread(target=enter_patched, daemon=True)
+importer.start(); time.sleep(0.3); patcher.start()
+importer.join(90); patcher.join(30)
+if importer.is_alive() or patcher.is_alive():
+    print("hung"); sys.stdout.flush(); os._exit(0)
+print("done", seen); sys.stdout.flush(); os._exit(0)
+"""
+    result = run_python(["-c", code], timeout=200)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("done"), result.stdout
+    assert "skipped-drift" not in result.stdout and "pending" not in result.stdout and "applied" in result.stdout
+
+
+def test_an_inherited_target_is_drift_not_a_crash(gemma3n_module):
+    """A target the class only inherits (here nn.Module.train) is reported as drift, never a KeyError."""
+    inherited = _gaussian_patch(id="inherited", targets=(Target("Gemma3nTextMLP.train", {"0" * 16: "never"}),))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        (status,) = Engine([inherited]).apply(gemma3n_module)
+    assert status.state is State.SKIPPED and "not defined by Gemma3nTextMLP itself" in status.reason
+    assert "train" not in vars(gemma3n_module.Gemma3nTextMLP)
+
+
+def test_a_release_newer_than_the_verified_one_says_the_fingerprints_decided(gemma3n_module):
+    engine = Engine([_gaussian_patch(id="old-verified", verified_through="4.53.0")])
+    with gx.unpatched(["gaussian-topk"]):
+        (status,) = engine.apply(gemma3n_module)
+        try:
+            assert status.state is State.APPLIED
+            assert "newer than the newest release checked, 4.53.0: the fingerprints decided" in status.reason
+        finally:
+            engine.revert()
+    (current,) = Engine([_gaussian_patch(id="verified", verified_through="99.0")]).status()
+    assert "newer than" not in current.reason
+
+
+def test_the_disable_variable_leaves_named_patches_out_of_the_automatic_run(gemma3n_module):
+    """GEMMA3N_EXPORT_FIXES_DISABLE=gaussian-topk: the import hook skips it (state `disabled`, with why), the
+    other patches still apply, `status` says so, and an explicit `apply([id])` still applies it."""
+    code = (
+        "import gemma3n_export_fixes as gx\n"
+        "import transformers.models.gemma3n.modeling_gemma3n as m\n"
+        "(s,) = gx.status(['gaussian-topk'])\n"
+        "print(s.state.value, '|', s.reason, '|', getattr(m.Gemma3nTextMLP._gaussian_topk, '__gemma3n_export_fixes__',"
+        " None))\n"
+        "(s,) = gx.apply(['gaussian-topk'])\n"
+        "print(s.state.value)\n"
+    )
+    result = run_python(["-c", code], env={"GEMMA3N_EXPORT_FIXES_DISABLE": "gaussian-topk, not-a-patch"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    first, second = result.stdout.strip().splitlines()
+    state, reason, marker = (part.strip() for part in first.split("|"))
+    assert state == "disabled" and "GEMMA3N_EXPORT_FIXES_DISABLE names it" in reason and marker == "None"
+    assert second == "applied"
+    status = run_python(["-m", "gemma3n_export_fixes.cli", "status"], env={"GEMMA3N_EXPORT_FIXES_DISABLE": "gaussian-topk,nope"})
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert "GEMMA3N_EXPORT_FIXES_DISABLE leaves out gaussian-topk, nope (unknown patch ids: nope" in status.stdout
+    (row,) = [line for line in status.stdout.splitlines() if line.startswith("gaussian-topk ")]
+    assert row.split()[1] == "disabled"

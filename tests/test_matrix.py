@@ -9,8 +9,8 @@ import sys
 from packaging.version import Version
 
 from gemma3n_export_fixes.plugin.patches import REGISTRY
-from matrix.grid import ROOT, load_rows, tagged
-from matrix.report import disagreements, evidence, kv_disagreements, markdown
+from matrix.grid import ROOT, load_rows, tagged, transformers_releases
+from matrix.report import disagreements, evidence, kv_disagreements, kv_verdict, markdown
 
 
 def test_grid_rows_are_explicit_and_the_default_stack_is_one_of_them():
@@ -30,21 +30,42 @@ def test_grid_rows_are_explicit_and_the_default_stack_is_one_of_them():
     assert tagged("seed", rows)[0]["transformers"] == "5.0.0rc1"
 
 
-def test_every_declared_boundary_is_bracketed_by_grid_rows():
-    releases = sorted({Version(row["transformers"]) for row in tagged("grid")})
+def boundary(releases: list[str], needed) -> tuple[str, str] | None:
+    """(last release in the range, the release right after it) in the release list; None when open-ended."""
+    inside = [i for i, v in enumerate(releases) if needed(v)]
+    assert inside == list(range(inside[0], inside[-1] + 1)), "a declared range must be contiguous"
+    last = inside[-1]
+    return None if last + 1 == len(releases) else (releases[last], releases[last + 1])
+
+
+def test_every_declared_boundary_is_bracketed_by_adjacent_releases_in_the_grid():
+    """Each patch's last affected release and the release right after it are both grid rows, and so is the
+    oldest release with Gemma 3n: so the evidence of the grid decides each range exactly."""
+    releases = transformers_releases()
+    assert releases[0] == "4.53.0" and "5.23.0" in releases
+    grid = {row["transformers"] for row in tagged("grid")}
+    assert releases[0] in grid
     for patch in REGISTRY:
-        needed = [v for v in releases if patch.needed_by(str(v))]
-        assert needed and needed[0] == releases[0], patch.id  # the oldest release with Gemma 3n is in
-        later = [v for v in releases if v > needed[-1]]
-        if later:  # the last affected and the first fixed release are both rows
-            assert all(not patch.needed_by(str(v)) for v in later), patch.id
+        assert patch.needed_by(releases[0]), patch.id
+        edge = boundary(releases, patch.needed_by)
+        if edge is not None:
+            assert set(edge) <= grid, f"{patch.id}: the boundary {edge[0]} | {edge[1]} is not bracketed by grid rows"
 
 
 def test_the_kv_cache_boundary_is_bracketed_by_adjacent_releases():
-    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE, unsupported_reason
 
-    releases = {row["transformers"] for row in tagged("grid")}
-    assert KV_CACHE_SINCE in releases and "5.5.0" in releases  # the last release before it
+    releases = transformers_releases()
+    edge = boundary(releases, lambda v: unsupported_reason(v) is not None)
+    assert edge is not None and edge[1] == KV_CACHE_SINCE
+    grid = {row["transformers"] for row in tagged("grid")}
+    assert set(edge) <= grid, f"the KV-cache boundary {edge[0]} | {edge[1]} is not bracketed by grid rows"
+
+
+def test_the_boundary_check_can_fail():
+    releases = transformers_releases()
+    assert boundary(releases, lambda v: Version(v) < Version("5.6.1")) == ("5.6.0", "5.6.1")  # 5.6.1: no row
+    assert "5.6.1" not in {row["transformers"] for row in tagged("grid")}
 
 
 def test_ci_fan_out_has_one_job_per_grid_row():
@@ -62,6 +83,27 @@ def test_registry_ranges_agree_with_the_committed_evidence():
     assert found, "matrix/results/ holds no cell result yet: run `nox -s matrix`"
     problems = disagreements(found) + kv_disagreements(found)
     assert not problems, "\n".join(problems)
+
+
+def _kv_result(transformers: str, export: dict) -> tuple[dict, dict]:
+    row = {"id": f"tf{transformers}", "transformers": transformers}
+    return row, {"patches": [{"id": "x"}], "exports": [{"name": "kv-portable", "backend": "portable", **export}]}
+
+
+def test_kv_evidence_counts_a_refusal_as_a_refusal_not_a_failure():
+    refused = _kv_result("5.0.0rc1", {"ok": True, "unsupported": "needs 5.5.1", "upstream_recipe": {"fails": True}})
+    works = _kv_result("5.23.0", {"ok": True, "validation": {}})
+    text = kv_verdict([refused, works])
+    assert "FAILED" not in text and "refused" in text and "5.0.0rc1" in text and "validated on 5.23.0" in text
+    assert not kv_disagreements([refused, works])
+
+
+def test_kv_disagreements_catch_a_wrong_boundary():
+    recipe_works = _kv_result("5.5.0", {"ok": False, "unsupported": "x", "upstream_recipe": {"fails": False}})
+    export_fails = _kv_result("5.5.1", {"ok": False, "error": "boom"})
+    problems = kv_disagreements([recipe_works, export_fails])
+    assert len(problems) == 2 and "5.5.0" in problems[0] and "5.5.1" in problems[1]
+    assert "FAILED on 5.5.1" in kv_verdict([export_fails])
 
 
 def test_matrix_readme_is_generated_from_the_results():

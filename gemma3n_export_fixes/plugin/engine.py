@@ -113,21 +113,23 @@ def _transformers_version() -> str:
 
 
 def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
-    """Owner, attribute name and the very object stored there (from the owner's ``__dict__``).
+    """Owner, attribute name and the very object stored there (from the owner's own ``__dict__``).
 
-    A target the class only inherits is drift: replacing it would shadow the base class's function, and
-    revert could not put back what was never there.
+    A target the class only inherits is drift: replacing it on the class that defines it would patch every
+    subclass of that base (``nn.Module.train``), and on the named class it would shadow the base's function.
     """
-    import wrapt
-
+    *owner_path, name = path.split(".")
+    owner: Any = module
     try:
-        owner, name, _ = wrapt.resolve_owner(module, path)
-    except Exception as exc:
+        for part in owner_path:
+            owner = getattr(owner, part)
+    except AttributeError as exc:
         raise _Drift(f"{path} not found in this release ({exc})") from exc
     try:
         return owner, name, vars(owner)[name]
     except (KeyError, TypeError) as exc:
-        raise _Drift(f"{path} is not defined by {getattr(owner, '__name__', owner)} itself in this release") from exc
+        where = getattr(owner, "__name__", repr(owner))
+        raise _Drift(f"{path}: not defined by {where} itself in this release") from exc
 
 
 def import_target() -> ModuleType:
