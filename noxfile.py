@@ -1,7 +1,7 @@
 """Sessions, all driven by the one pinned grid in matrix/grid.toml.
 
 nox -s check                        # the main job on the default stack: `gemma3n-export-fixes check`
-nox -s tests                        # the test suite on every row tagged "ci"
+nox -s lint tests                   # ruff (check + format --check), then the test suite on every "ci" row
 nox -s "tests(tf4.57.6-et1.5.1)"    # one row
 nox -s matrix                       # `check --json` on every "grid" row -> matrix/results/<id>.json
 nox -s "matrix(tf5.6.0-et1.5.1)"    # one cell; `-- --force` re-runs a cell whose result is current,
@@ -21,7 +21,7 @@ import nox
 ROOT = Path(__file__).resolve().parent
 sys.path.append(str(ROOT))
 
-from matrix.grid import default_stack, inputs_hash, is_current, load_rows, pins  # noqa: E402
+from matrix.grid import default_stack, inputs_hash, is_current, load_rows, pins, tool_pin  # noqa: E402
 
 GRID = load_rows()
 DEFAULT = default_stack(GRID)
@@ -50,6 +50,14 @@ def check(session: nox.Session) -> None:
     """The main job on the built-in tiny model (default stack): reproducers, export + validate, verdicts."""
     install(session, DEFAULT)
     session.run("gemma3n-export-fixes", "check", *session.posargs)
+
+
+@nox.session(python=DEFAULT["python"])
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole checkout (the version pinned in grid.toml)."""
+    session.install(tool_pin("ruff"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session

@@ -40,6 +40,11 @@ def load_rows(path: Path = GRID_FILE) -> list[Row]:
     return rows
 
 
+def tool_pin(name: str, path: Path = GRID_FILE) -> str:
+    """``name==version`` for a developer tool pinned in the grid's ``[tools]`` table."""
+    return f"{name}=={tomllib.loads(path.read_text())['tools'][name]}"
+
+
 def transformers_releases(path: Path = HERE / "transformers_releases.txt") -> list[str]:
     """Every transformers release with Gemma 3n, oldest first (``transformers_releases.txt``)."""
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]

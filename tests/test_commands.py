@@ -39,6 +39,8 @@ def test_export_writes_the_pte_and_its_record(portable_pte):
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"wrote {out}" in result.stdout
     assert "export: torch.export(strict=False) ..." in result.stderr  # progress as it goes
+    # only our own lines: library warnings and C++ log lines go to the log file
+    assert all(line.startswith(("loading ", "loaded ", "  ")) for line in result.stderr.splitlines()), result.stderr
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["pte"]["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     assert record["pte"]["bytes"] == out.stat().st_size
@@ -74,16 +76,27 @@ def test_validate_fails_against_a_different_model(portable_pte, tmp_path, gemma3
 
 @pytest.mark.slow
 def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint, tmp_path):
+    """Given as a relative path; the record names it absolutely, so validate works from anywhere. Parameters
+    are counted before quantization (quantized tables are buffers), with float and stored weight bytes."""
+    from gemma3n_export_fixes.export.sizes import weight_bytes
+
     out = tmp_path / "ckpt.pte"
+    relative = os.path.relpath(tiny_checkpoint, tmp_path)
     result = run_python(
-        [*CLI, "export", "--model", str(tiny_checkpoint), "--backend", "portable", "--quant-embeddings",
-         "--out", str(out)]  # a bare --quant-embeddings means 8w
+        [*CLI, "export", "--model", relative, "--backend", "portable", "--quant-embeddings",
+         "--out", "ckpt.pte"],  # a bare --quant-embeddings means 8w
+        cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.with_suffix(".json").read_text())
     assert any("embeddings: int8 per row" in q for q in record["quantized"])
     assert record["options"]["quant_embeddings"] == "8w" and record["peak_rss_mb"] > 0
-    checked = run_python([*CLI, "validate", str(out), "--json"])
+    assert record["model"] == str(Path(tiny_checkpoint).resolve())
+    expected = weight_bytes("tiny", "float32", "none", "8w")
+    assert record["parameters"] == expected["parameters"] == 308_592
+    assert record["weight_bytes"] == {"float": expected["float_bytes"], "stored": expected["bytes"]}
+    assert record["weight_bytes"]["stored"] < record["weight_bytes"]["float"]
+    checked = run_python([*CLI, "validate", str(out), "--json"], cwd=tiny_checkpoint)
     assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
     validated = json.loads(checked.stdout)
     assert validated["kind"] == "quantized" and validated["top1_agreement"] >= 0.9
@@ -184,6 +197,21 @@ def test_export_rejects_a_directory_that_is_not_a_gemma3n_checkpoint(tmp_path, m
     source = make(tmp_path / "ckpt")
     out = tmp_path / "out.pte"
     one_line_error(run_python([*CLI, "export", "--model", str(source), "--out", str(out)]), fragment)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_export_rejects_a_corrupt_checkpoint_in_one_line(tiny_checkpoint, tmp_path):
+    """A checkpoint whose weights file is damaged (safetensors raises its own error type): one line, no file."""
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_checkpoint, broken)
+    (weights,) = broken.glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[:100])
+    out = tmp_path / "out.pte"
+    one_line_error(
+        run_python([*CLI, "export", "--model", str(broken), "--out", str(out)]), "cannot load the checkpoint"
+    )
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 

@@ -330,7 +330,9 @@ def test_the_disable_variable_leaves_named_patches_out_of_the_automatic_run(gemm
     state, reason, marker = (part.strip() for part in first.split("|"))
     assert state == "disabled" and "GEMMA3N_EXPORT_FIXES_DISABLE names it" in reason and marker == "None"
     assert second == "applied"
-    status = run_python(["-m", "gemma3n_export_fixes.cli", "status"], env={"GEMMA3N_EXPORT_FIXES_DISABLE": "gaussian-topk,nope"})
+    status = run_python(
+        ["-m", "gemma3n_export_fixes.cli", "status"], env={"GEMMA3N_EXPORT_FIXES_DISABLE": "gaussian-topk,nope"}
+    )
     assert status.returncode == 0, status.stderr[-2000:]
     assert "GEMMA3N_EXPORT_FIXES_DISABLE leaves out gaussian-topk, nope (unknown patch ids: nope" in status.stdout
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("gaussian-topk ")]

@@ -110,6 +110,8 @@ def test_generate_from_token_ids_equals_eager_greedy(kv_programs, gemma3n_module
     assert out["prompt_ids"] == prompt
     assert out["new_ids"] == eager[0, len(prompt) :].tolist()  # 24 tokens: three sliding windows past the prompt
     assert out["text"] is None and out["tokenizer"] is None
+    # prefill and decode are timed apart: one prefill of the prompt, then one step per further token
+    assert out["prefill_ms"] > 0 and out["decode_ms_per_token"] > 0 and out["decode_steps"] == 24 - 1
     plain = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--ids", "5,17,42,99",
                         "--max-new-tokens", "3"])  # fmt: skip
     assert plain.returncode == 0 and plain.stdout.split() == [str(t) for t in out["new_ids"][:3]]

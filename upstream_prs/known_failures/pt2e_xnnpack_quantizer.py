@@ -170,8 +170,10 @@ def patch_partitioner():
 
     def partition_cycle(gm, parts):
         owner = {n: i for i, p in enumerate(parts) for n in p.nodes}
+
         def key(n):
             return ("P", owner[n]) if n in owner else ("N", n)
+
         succ = collections.defaultdict(set)
         for n in gm.graph.nodes:
             for u in n.users:
