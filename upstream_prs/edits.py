@@ -11,14 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable
 
 GAUSSIAN_TOPK_INIT_ANCHOR = "        self.activation_sparsity = config.activation_sparsity_pattern[layer_idx]\n"
-GAUSSIAN_TOPK_INIT_ADDED = (
-    "        # Standard normal quantile of the target sparsity (jax.scipy.stats.norm.ppf), computed once with the\n"
-    "        # standard library: no torch.distributions / erfinv in forward, so Dynamo (torch.export strict,\n"
-    "        # torch.compile) can trace it and ExecuTorch can lower it.\n"
-    "        self.std_multiplier = (\n"
-    "            statistics.NormalDist().inv_cdf(self.activation_sparsity) if self.activation_sparsity > 0.0 else 0.0\n"
-    "        )\n"
-)
+GAUSSIAN_TOPK_INIT_ADDED = """\
+        # std_multiplier is adapted from jax.scipy.stats.norm.ppf(): torch.distributions.normal.Normal(0, 1).icdf()
+        # of the target sparsity, written out with the same float32 ops, so the value is bit-identical. It depends
+        # only on the config, so it is computed once here, on the CPU (this also works on the meta device), instead
+        # of in every forward, where torch.distributions breaks Dynamo (torch.export strict, torch.compile
+        # fullgraph) and aten.erfinv, which is not in the core ATen opset, breaks lowering to ExecuTorch.
+        #
+        # References:
+        #   *   https://docs.jax.dev/en/latest/_autosummary/jax.scipy.stats.norm.ppf.html
+        #   *   https://pytorch.org/docs/stable/distributions.html#torch.distributions.normal.Normal
+        self.std_multiplier = 0.0
+        if self.activation_sparsity > 0.0:
+            target_sparsity_tensor = torch.tensor(self.activation_sparsity, dtype=torch.float32, device="cpu")
+            self.std_multiplier = (torch.erfinv(2 * target_sparsity_tensor - 1) * math.sqrt(2)).item()
+"""
 GAUSSIAN_TOPK_OLD_BODY = """        target_sparsity_tensor = torch.tensor(self.activation_sparsity, dtype=torch.float32, device=inputs.device)
         # normal_dist and std_multiplier are adapted from jax.scipy.stats.norm.ppf().
         #
@@ -33,9 +40,12 @@ GAUSSIAN_TOPK_OLD_BODY = """        target_sparsity_tensor = torch.tensor(self.a
         inputs_std = torch.std(inputs, dim=-1, keepdim=True, unbiased=False)
         cutoff_x = inputs_mean + inputs_std * std_multiplier
 """
-GAUSSIAN_TOPK_NEW_BODY = """        inputs_mean = torch.mean(inputs, dim=-1, keepdim=True)
+GAUSSIAN_TOPK_NEW_BODY = """\
+        # A 0-d tensor of the input dtype, as before (not a Python scalar): the same rounding in every dtype.
+        std_multiplier = torch.full((), self.std_multiplier, dtype=inputs.dtype, device=inputs.device)
+        inputs_mean = torch.mean(inputs, dim=-1, keepdim=True)
         inputs_std = torch.std(inputs, dim=-1, keepdim=True, unbiased=False)
-        cutoff_x = inputs_mean + inputs_std * self.std_multiplier
+        cutoff_x = inputs_mean + inputs_std * std_multiplier
 """
 
 
@@ -51,8 +61,8 @@ def replace_once(text: str, old: str, new: str, where: str) -> str:
 
 
 def gaussian_topk(source: str, where: str) -> str:
-    """std_multiplier as a plain float computed at init with ``statistics.NormalDist``; forward uses it."""
-    source = replace_once(source, "import math\n", "import math\nimport statistics\n", where)
+    """std_multiplier: upstream's float32 quantile computed once at init, as a Python float; forward casts it to
+    the input dtype as upstream does (bit-identical in float32, bfloat16 and float16)."""
     source = replace_once(
         source, GAUSSIAN_TOPK_INIT_ANCHOR, GAUSSIAN_TOPK_INIT_ANCHOR + GAUSSIAN_TOPK_INIT_ADDED, where
     )
