@@ -5,8 +5,8 @@ exercise the patched module in a fresh process with gemma3n-export-fixes turned 
 
 The patched ``modeling_gemma3n.py`` is imported under its real module name (so its relative imports
 resolve to the installed transformers); then a sparse ``Gemma3nTextMLP`` from it is exported (non-strict
-and strict) and lowered with ``to_edge``, and compared with the installed (upstream) class in float32 and
-bfloat16.
+and strict) and lowered with ``to_edge``, and compared with the installed (upstream) class in float32,
+bfloat16 and float16.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ torch.manual_seed(0)
 new = patched.Gemma3nTextMLP(config, layer_idx=0).eval()
 old = upstream.Gemma3nTextMLP(config, layer_idx=0).eval()
 old.load_state_dict(new.state_dict())
-for dtype in (torch.float32, torch.bfloat16):
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
     x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
     with torch.no_grad():
         diff = (new.to(dtype)(x).float() - old.to(dtype)(x).float()).abs().max().item()

@@ -56,14 +56,17 @@ def draft(patch, edit, version: str, today: str, out: Path) -> Path:
     shutil.copy(TEMPLATES / f"{patch.id}_test.py", folder / "test_modeling_gemma3n_addition.py")
     measured = check(patch_file)
     text = (TEMPLATES / f"{patch.id}_PR.md").read_text()
+    import torch
+
     text = text.replace("{transformers}", version).replace("{date}", today)
+    text = text.replace("{torch}", torch.__version__.split("+")[0])
     text = text.replace("{error}", upstream_error(patch.id))
     text += (
         f"\nMeasured on transformers {version} with the patch applied (gemma3n-export-fixes "
         f"`upstream_prs/apply_check.py`): `torch.export` non-strict: {measured['export_strict_False']}, strict: "
         f"{measured['export_strict_True']}; `to_edge` + `to_executorch`: {measured['to_edge']}; max abs difference "
         f"from the current code: {measured['max_abs_diff_float32']:.3g} (float32), "
-        f"{measured['max_abs_diff_bfloat16']:.3g} (bfloat16).\n"
+        f"{measured['max_abs_diff_bfloat16']:.3g} (bfloat16), {measured['max_abs_diff_float16']:.3g} (float16).\n"
     )
     (folder / "PR.md").write_text(text)
     return folder
