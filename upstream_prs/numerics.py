@@ -4,7 +4,7 @@
 
 The draft (default: ``upstream_prs/gaussian-topk/0001-gemma3n-gaussian-topk.patch``) is applied to a copy of
 the installed transformers' Gemma 3n sources and imported next to the installed (upstream) module; with
-``--runtime`` the package's own runtime patch (``gemma3n_export_fixes.patches.gaussian_topk``) is measured too.
+``--runtime`` the package's own runtime patch (``gemma3n_export_fixes.plugin.patches.gaussian_topk``) is measured too.
 Both run on the same 1,048,576 standard normal values (``torch.randn(256, 4096)``, seed 0, cast to the dtype)
 at the Gemma 3n sparsity 0.95 (and on 64 rows at a sweep of other sparsity values). Per dtype: how many
 keep/drop decisions (output > 0) differ from upstream, the largest absolute difference, and whether the two
@@ -57,7 +57,7 @@ def measure(patch_file: Path, runtime: bool) -> dict:
 
     candidates = {"draft": draft.Gemma3nTextMLP}
     if runtime:
-        from gemma3n_export_fixes.patches import gaussian_topk
+        from gemma3n_export_fixes.plugin.patches import gaussian_topk
 
         fixed = gaussian_topk.build({gaussian_topk.PATH: upstream.Gemma3nTextMLP._gaussian_topk})[gaussian_topk.PATH]
         candidates["runtime"] = type("RuntimePatched", (upstream.Gemma3nTextMLP,), {"_gaussian_topk": fixed})
