@@ -37,7 +37,7 @@ config = Gemma3nTextConfig(vocab_size=64, vocab_size_per_layer_input=64, hidden_
     intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
     laurel_rank=4, num_kv_shared_layers=0, layer_types=["sliding_attention", "full_attention"],
     activation_sparsity_pattern=[0.95, 0.0])
-out = {"hook_active": "gemma3n_export_fixes.api" in sys.modules}
+out = {"hook_active": "gemma3n_export_fixes.plugin.engine" in sys.modules}
 torch.manual_seed(0)
 new = patched.Gemma3nTextMLP(config, layer_idx=0).eval()
 old = upstream.Gemma3nTextMLP(config, layer_idx=0).eval()

@@ -77,7 +77,7 @@ def record(patch, version: str, today: str, out: Path) -> Path:
     path.write_text(
         f"Description: {patch.title}\n"
         f" {patch.defect}\n"
-        f"Bug: see gemma3n_export_fixes/patches/{patch.id.replace('-', '_')}.py (reproducer)\n"
+        f"Bug: see gemma3n_export_fixes/plugin/patches/{patch.id.replace('-', '_')}.py (reproducer)\n"
         f"Forwarded: not-needed\n"
         f"Applied-Upstream: {patch.upstream}\n"
         f"Last-Update: {today}\n\n"

@@ -46,7 +46,7 @@ def measure(patch_file: Path, runtime: bool) -> dict:
 
     from upstream_prs.apply_check import apply_to_copy
 
-    if "gemma3n_export_fixes.api" in sys.modules:
+    if "gemma3n_export_fixes.plugin.engine" in sys.modules:
         raise SystemExit("run with GEMMA3N_EXPORT_FIXES=0: upstream must be unpatched")
     with tempfile.TemporaryDirectory() as tmp:
         target = apply_to_copy(patch_file, Path(tmp))
