@@ -71,7 +71,10 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     out = Path(args.out)
     check_out_path(out)
     import_gemma3n(versions)
-    con.progress(f"loading {args.model} ...")
+    from gemma3n_export_fixes.export.memory import check_fits
+
+    memory = check_fits(args.model, options)  # before any heavy work: refuse what cannot fit, in one line
+    con.progress(f"predicted peak memory {memory.predicted_peak / 1e9:.1f} GB; loading {args.model} ...")
     loaded = load_model(args.model)
     con.progress(f"loaded {args.model}: {loaded.parameters:,} parameters")
     record = export_pte(loaded, out, options, progress=con.progress)

@@ -92,6 +92,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     require("executorch", "export", "executorch")
     import gemma3n_export_fixes as gx
     from gemma3n_export_fixes.export import kvcache
+    from gemma3n_export_fixes.export.memory import plan
     from gemma3n_export_fixes.export.sizes import price
     from gemma3n_export_fixes.versions import stack_versions
 
@@ -102,11 +103,12 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     from executorch.exir import to_edge, to_edge_transform_and_lower
 
     timer = StageTimer(progress)
-    model = loaded.model.to(torch_dtype(options.dtype))
+    model = loaded.model
     parameters = loaded.parameters  # before quantizing: quantized tables become buffers
     weights = price(model, options.dtype, options.quant, options.quant_embeddings)
-    with timer.stage("quantize", f"linears {options.quant}, embeddings {options.quant_embeddings}"):
-        quantized = quantize(model, options.quant, options.quant_embeddings)
+    what = f"{options.dtype}, linears {options.quant}, embeddings {options.quant_embeddings}, unit by unit"
+    with timer.stage("quantize", what):
+        quantized = quantize(model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
     methods: dict[str, Any] = {}
     if options.kv_cache:
         with timer.stage("export", f"torch.export(strict=True), static KV cache of {options.max_seq_len}"):
@@ -149,6 +151,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
             "pte": {"path": str(out.resolve()), "bytes": size, "sha256": sha256},
             "seconds": timer.seconds,
             "peak_rss_mb": peak_rss_mb(),
+            "memory": plan(loaded.source, options).to_dict(),
         }
         files.write(sidecar_path(out), (json.dumps(record, indent=2, default=str) + "\n").encode())
     return record

@@ -75,11 +75,39 @@ def _symmetric(weight: torch.Tensor, bits: int, group: int) -> tuple[torch.Tenso
     return q.reshape(rows, cols), scales
 
 
+#: Rows of an embedding table quantized at a time (bounds the float32 temporaries: 8192 x 7680 x 4 B = 252 MB).
+CHUNK_ROWS = 8192
+
+
+def quantize_table(
+    weight: torch.Tensor, scheme: str, chunk_rows: int = CHUNK_ROWS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``8w`` (int8 per row) or ``4w`` (int4 in groups of :data:`GROUP_SIZE`, two per byte, high nibble first)
+    of an embedding table: (packed weights, float32 scales), computed ``chunk_rows`` rows at a time."""
+    import torch
+
+    rows, dim = weight.shape
+    bits, group = (8, dim) if scheme == "8w" else (4, GROUP_SIZE if dim % GROUP_SIZE == 0 else dim)
+    packed = torch.empty((rows, dim if bits == 8 else dim // 2), dtype=torch.int8 if bits == 8 else torch.uint8)
+    scales = torch.empty((rows, dim // group), dtype=torch.float32)
+    for start in range(0, rows, chunk_rows):
+        stop = min(rows, start + chunk_rows)
+        q, chunk_scales = _symmetric(weight[start:stop], bits, group)
+        scales[start:stop] = chunk_scales
+        if bits == 8:
+            packed[start:stop] = q
+        else:
+            nibbles = (q.to(torch.int16) + 8).to(torch.uint8).reshape(stop - start, dim // 2, 2)
+            packed[start:stop] = nibbles[:, :, 0] * 16 + nibbles[:, :, 1]
+    return packed, scales
+
+
 class QuantizedEmbeddingFactory:
     """Builds the quantized embedding module (kept out of import time: it subclasses ``torch.nn.Module``)."""
 
     @staticmethod
-    def build(embedding: torch.nn.Embedding, scheme: str) -> torch.nn.Module:
+    def build(embedding: torch.nn.Embedding, scheme: str, dtype: torch.dtype | None = None) -> torch.nn.Module:
+        """``scheme`` copy of ``embedding``; its scales (and output) in ``dtype`` (default: the table's)."""
         import torch
 
         _embedding_ops()
@@ -91,16 +119,13 @@ class QuantizedEmbeddingFactory:
                 super().__init__()
                 weight = source.weight.detach()
                 dim = weight.shape[1]
-                if scheme == "8w":
-                    q, scales = _symmetric(weight, 8, dim)
-                    self.register_buffer("qweight", q)
-                else:
-                    q, scales = _symmetric(weight, 4, GROUP_SIZE if dim % GROUP_SIZE == 0 else dim)
-                    nibbles = (q.to(torch.int16) + 8).to(torch.uint8).reshape(weight.shape[0], dim // 2, 2)
-                    self.register_buffer("qweight", nibbles[:, :, 0] * 16 + nibbles[:, :, 1])
-                self.register_buffer("scales", scales.to(weight.dtype))
+                out_dtype = dtype or weight.dtype
+                packed, scales = quantize_table(weight, scheme)
+                self.register_buffer("qweight", packed)
+                self.register_buffer("scales", scales.to(out_dtype))
                 scale = getattr(source, "embed_scale", None)
-                self.register_buffer("embed_scale", None if scale is None else scale.detach().clone(), persistent=False)
+                scale = None if scale is None else scale.detach().to(out_dtype)
+                self.register_buffer("embed_scale", scale, persistent=False)
                 self.embedding_dim = dim
                 self.num_embeddings = weight.shape[0]
 
@@ -119,8 +144,9 @@ class QuantizedEmbeddingFactory:
         return QuantizedEmbedding(embedding)
 
 
-def quantize_embeddings(model: torch.nn.Module, scheme: str = "8w") -> list[str]:
-    """Replace every ``nn.Embedding`` of ``model`` by its ``scheme`` copy; returns the module names replaced."""
+def quantize_embeddings(model: torch.nn.Module, scheme: str = "8w", dtype: torch.dtype | None = None) -> list[str]:
+    """Replace every ``nn.Embedding`` of ``model`` by its ``scheme`` copy (scales in ``dtype``); returns the
+    module names replaced. The float table is released as soon as nothing else holds it (a tied head does)."""
     from torch import nn
 
     if scheme == "4w":
@@ -131,18 +157,20 @@ def quantize_embeddings(model: torch.nn.Module, scheme: str = "8w") -> list[str]
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, QuantizedEmbeddingFactory.build(getattr(parent, child), scheme))
+        setattr(parent, child, QuantizedEmbeddingFactory.build(getattr(parent, child), scheme, dtype))
     return names
 
 
-def quantize_linears(model: torch.nn.Module, scheme: str) -> tuple[list[str], list[str]]:
-    """torchao quantization of the ``nn.Linear`` layers (in place); returns (quantized, left in float)."""
+def quantize_linears(model: torch.nn.Module, scheme: str, skip: set[int] | None = None) -> tuple[list[str], list[str]]:
+    """torchao quantization of the ``nn.Linear`` layers (in place; those in ``skip``, by id, untouched);
+    returns (quantized, left in float)."""
     require("torchao", f"--quant {scheme}", "torchao")
     import torch
     from torch import nn
     from torchao.quantization import quantize_
 
-    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    skip = skip or set()
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in skip]
     if scheme == "int8":
         from torchao.quantization import Int8WeightOnlyConfig
 
@@ -173,18 +201,70 @@ EMBEDDING_DESCRIPTIONS = {
 }
 
 
-def quantize(model: torch.nn.Module, quant: str, embeddings: str) -> list[str]:
-    """Apply ``quant`` to the linears and ``embeddings`` to the embedding tables; returns what was done."""
+def decoder_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """The decoder layers (the ``layers`` ModuleList), by name: the units the model is prepared in."""
+    from torch import nn
+
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "layers" and isinstance(module, nn.ModuleList):
+            return [(f"{name}.{i}", layer) for i, layer in enumerate(module)]
+    return []
+
+
+def cast_floats(module: torch.nn.Module, dtype: torch.dtype, skip: set[int] | None = None) -> None:
+    """Cast ``module``'s floating-point parameters and buffers to ``dtype`` in place, tensor by tensor (never a
+    second copy of the whole module), leaving submodules in ``skip`` (ids) and quantized tensors alone."""
+    import torch
+
+    skip = skip or set()
+    stack = [module]
+    while stack:
+        current = stack.pop()
+        if id(current) in skip:
+            continue
+        stack.extend(current.children())
+        for store in (current._parameters, current._buffers):
+            for key, tensor in store.items():
+                if tensor is None or type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+                    continue
+                if tensor.is_floating_point() and tensor.dtype != dtype:
+                    if isinstance(tensor, torch.nn.Parameter):
+                        tensor.data = tensor.data.to(dtype)
+                    else:
+                        store[key] = tensor.to(dtype)
+
+
+def quantize(model: torch.nn.Module, quant: str, embeddings: str, dtype: torch.dtype | None = None) -> list[str]:
+    """Bring ``model`` to ``dtype`` and apply ``quant`` to the linears and ``embeddings`` to the embedding tables,
+    unit by unit: the tables first (in row chunks), then each decoder layer (cast, then its linears quantized),
+    then the rest. The model never exists in ``dtype`` as a whole unless nothing is quantized. Returns what was
+    done, as lines for the export record."""
+    import torch
+
+    dtype = dtype or next(model.parameters()).dtype
     done = []
+    if embeddings != "none":
+        names = quantize_embeddings(model, embeddings, dtype)
+        done.append(f"embeddings: {EMBEDDING_DESCRIPTIONS[embeddings]} ({', '.join(names)})")
+    quantized: list[str] = []
+    kept: list[str] = []
+    layers = decoder_layers(model)
+    with torch.no_grad():
+        for prefix, layer in layers:
+            cast_floats(layer, dtype)
+            if quant != "none":
+                q, k = quantize_linears(layer, quant)
+                quantized += [f"{prefix}.{n}" for n in q]
+                kept += [f"{prefix}.{n}" for n in k]
+        cast_floats(model, dtype, skip={id(layer) for _, layer in layers})
+        if quant != "none":
+            q, k = quantize_linears(model, quant, skip={id(m) for _, layer in layers for m in layer.modules()})
+            quantized, kept = q + quantized, k + kept
     if quant != "none":
-        quantized, kept = quantize_linears(model, quant)
         line = f"linears ({len(quantized)}): {LINEAR_DESCRIPTIONS[quant]}"
         if kept:
             line += (
                 f"; left in float (AltUp coefficients, or input dim not a multiple of {GROUP_SIZE}): {', '.join(kept)}"
             )
-        done.append(line)
-    if embeddings != "none":
-        names = quantize_embeddings(model, embeddings)
-        done.append(f"embeddings: {EMBEDDING_DESCRIPTIONS[embeddings]} ({', '.join(names)})")
+        done.insert(0, line)
     return done

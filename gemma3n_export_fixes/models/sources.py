@@ -119,7 +119,12 @@ def checkpoint_model_type(directory: Path) -> str:
 
 
 def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> LoadedModel:
-    """Load ``spec`` (``tiny``, ``e2b-shape``, ``e4b-shape`` or a checkpoint directory) in eval mode."""
+    """Load ``spec`` (``tiny``, ``e2b-shape``, ``e4b-shape`` or a checkpoint directory) in eval mode.
+
+    Without ``dtype`` each source comes in its natural dtype, the one that costs least memory: ``tiny`` in
+    float32, the real shapes built and initialised in bfloat16 (never float32), a checkpoint in the dtype it
+    was saved in. The export casts (and quantizes) unit by unit from there (``export.quant.prepare``).
+    """
     import torch
 
     from gemma3n_export_fixes.models.tiny import build_tiny_model
@@ -127,7 +132,7 @@ def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> Lo
     if spec == "tiny":
         model = build_tiny_model(seed=seed, dtype=dtype)
     elif spec in SHAPES:
-        model = build_tiny_model(seed=seed, dtype=dtype, **SHAPES[spec])
+        model = build_tiny_model(seed=seed, dtype=dtype, init_dtype=torch.bfloat16, **SHAPES[spec])
     else:
         directory = Path(spec)
         checkpoint_model_type(directory)
@@ -136,7 +141,7 @@ def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> Lo
 
         dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         try:
-            model = Gemma3nForCausalLM.from_pretrained(directory, **{dtype_kwarg: dtype or torch.float32})
+            model = Gemma3nForCausalLM.from_pretrained(directory, **{dtype_kwarg: dtype or "auto"})
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # corrupt safetensors, bad config values, ...: all the user's checkpoint

@@ -12,6 +12,8 @@ transformers when called, not at import.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -63,28 +65,54 @@ def tiny_text_config(**overrides: Any) -> Gemma3nTextConfig:
 
 
 def perturb_constant_parameters(model: torch.nn.Module, generator: torch.Generator, scale: float = 0.1) -> int:
-    """Add seeded noise to every parameter whose entries are all equal; returns how many changed."""
+    """Add seeded noise to every parameter whose entries are all equal; returns how many changed.
+
+    The test is ``min == max`` (no temporary the size of the tensor: the real shapes' tables are billions of
+    elements)."""
     import torch
 
     changed = 0
     with torch.no_grad():
         for param in model.parameters():
             flat = param.detach().reshape(-1)
-            if flat.numel() and bool((flat == flat[0]).all()):
+            if flat.numel() and bool(torch.eq(*torch.aminmax(flat))):
                 noise = torch.randn(param.shape, generator=generator, dtype=torch.float32) * scale
                 param.add_(noise.to(param.dtype))
                 changed += 1
     return changed
 
 
-def build_tiny_model(seed: int = 0, dtype: torch.dtype | None = None, **overrides: Any) -> Gemma3nForCausalLM:
-    """The seeded tiny ``Gemma3nForCausalLM`` in eval mode (float32 unless ``dtype`` says otherwise)."""
+@contextmanager
+def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
+    """Construct tensors in ``dtype`` inside the block (no float32 copy of a model ever exists)."""
+    import torch
+
+    if dtype is None:
+        yield
+        return
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+def build_tiny_model(
+    seed: int = 0, dtype: torch.dtype | None = None, init_dtype: torch.dtype | None = None, **overrides: Any
+) -> Gemma3nForCausalLM:
+    """The seeded tiny ``Gemma3nForCausalLM`` in eval mode (float32 unless ``dtype`` says otherwise).
+
+    ``init_dtype``: build and initialise the weights in that dtype (the real shapes use bfloat16, the real
+    checkpoints' dtype, so a 4.4B model never exists in float32); then ``dtype`` casts, if given.
+    """
     import torch
     from transformers import Gemma3nForCausalLM
 
     config = tiny_text_config(**overrides)
     torch.manual_seed(seed)
-    model = Gemma3nForCausalLM(config)
+    with default_dtype(init_dtype):
+        model = Gemma3nForCausalLM(config)
     perturb_constant_parameters(model, torch.Generator().manual_seed(seed + 1))
     if dtype is not None:
         model = model.to(dtype)

@@ -94,11 +94,13 @@ def reference_models(spec: str, options: ExportOptions) -> tuple[LoadedModel, Lo
     from gemma3n_export_fixes.models.sources import load_model, torch_dtype
 
     dtype = torch_dtype(options.dtype)
-    reference = load_model(spec, dtype=dtype)
+    reference = load_model(spec)
+    quantize(reference.model, options.quant, options.quant_embeddings, dtype)  # as the export does: unit by unit
     if not options.quantized:
         return reference, None
-    quantize(reference.model, options.quant, options.quant_embeddings)
-    return reference, load_model(spec, dtype=dtype)
+    float_model = load_model(spec)
+    quantize(float_model.model, "none", "none", dtype)
+    return reference, float_model
 
 
 def validate(

@@ -1,0 +1,75 @@
+"""Real-size figures: export a real-shape Gemma 3n (E2B or E4B, random weights) the way a phone needs it, then
+generate from it. Not a test (tens of minutes, several GB): `nox -s real_size` runs it.
+
+    python benchmarks/real_size.py --model e2b-shape [--max-seq-len 256] [--out-dir DIR] [--json FILE]
+
+Steps, each in its own process (so each peak RSS is its own): `sizes` (the computed weight bytes), `export
+--kv-cache --quant 8da4w --quant-embeddings 4w` (XNNPACK), `generate` 32 tokens (prefill ms, decode ms/token).
+Prints a table and writes the figures as JSON; the README's real-size figures come from this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "gemma3n_export_fixes.cli"]
+
+
+def run(args: list[str]) -> tuple[subprocess.CompletedProcess[str], float, float]:
+    """(result, wall seconds, peak RSS GB of that child); stderr streams through so progress shows."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    result = subprocess.run(args, stdout=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if result.returncode != 0:
+        sys.exit(f"failed ({result.returncode}): {' '.join(args)}")
+    return result, wall, (peak if peak > before else float("nan")) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="e2b-shape")
+    parser.add_argument("--max-seq-len", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--out-dir", type=Path, default=None, help="keep the program here (default: a temp dir)")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="gemma3n-real-size-"))
+    pte = out_dir / f"{args.model}-kv{args.max_seq_len}-8da4w-4w.pte"
+    figures: dict[str, object] = {"model": args.model, "max_seq_len": args.max_seq_len}
+
+    sizes, _, _ = run([*CLI, "sizes", "--model", args.model, "--json"])
+    (row,) = [r for r in json.loads(sizes.stdout) if (r["quant"], r["embeddings"]) == ("8da4w", "4w")]
+    figures["computed_weight_bytes"] = row["bytes"]
+
+    export_args = ["export", "--model", args.model, "--kv-cache", "--max-seq-len", str(args.max_seq_len),
+                   "--backend", "xnnpack", "--quant", "8da4w", "--quant-embeddings", "4w",
+                   "--out", str(pte)]  # fmt: skip
+    _, wall, peak = run([*CLI, *export_args])
+    record = json.loads(pte.with_suffix(".json").read_text())
+    figures["export"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2), "stages_s": record["seconds"],
+                         "pte_bytes": record["pte"]["bytes"], "predicted": record.get("memory")}  # fmt: skip
+    figures["pte_vs_computed"] = record["pte"]["bytes"] / row["bytes"]
+
+    prompt = ",".join(str(i) for i in range(2, 2 + 16))
+    gen, wall, peak = run([*CLI, "generate", str(pte), "--ids", prompt, "--max-new-tokens", str(args.new_tokens),
+                           "--json"])  # fmt: skip
+    result = json.loads(gen.stdout)
+    figures["generate"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2), "prompt_tokens": 16,
+                           "prefill_ms": result["prefill_ms"], "decode_ms_per_token": result["decode_ms_per_token"],
+                           "new_tokens": len(result["new_ids"])}  # fmt: skip
+    print(json.dumps(figures, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

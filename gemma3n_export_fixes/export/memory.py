@@ -1,0 +1,141 @@
+"""How much memory an export will need, before any heavy work, and how much this machine has.
+
+The export keeps at most one whole copy of the model: built (or loaded) in its natural dtype (bfloat16 for the
+real shapes and checkpoints, see ``models.sources.load_model``), then cast and quantized unit by unit
+(``export.quant.quantize``), then traced, lowered and streamed to the file. The peak is predicted from the
+weight bytes, computed per tensor on the meta device (``export.sizes``), with factors measured on this
+machine (the figures in the README; ``nox -s real_size`` re-measures them):
+
+- before lowering: the model in its natural dtype, plus the unit being cast (the tied head in float32 at worst);
+- lowering: torchao keeps int4 weights unpacked (one byte each) until XNNPACK packs them into its delegate
+  payloads, and the payloads and the program exist side by side until the file is written.
+
+``export`` refuses, in one line, a job whose predicted peak exceeds the memory available (``MemAvailable``, or
+the cgroup limit when lower), and says what would fit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from gemma3n_export_fixes.export.options import ExportOptions
+
+GB = 1e9
+#: Resident memory of the process before any weight exists (torch, transformers, executorch imported).
+BASE_BYTES = 1.0 * GB
+#: Peak during lowering, per byte of stored weights (measured: see the module docstring).
+LOWERING_FACTOR = 2.5
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Predicted peak of one export, and what it is made of (bytes)."""
+
+    natural_bytes: int
+    stored_bytes: int
+    head_bytes: int
+    predicted_peak: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: round(v / GB, 2) for k, v in vars(self).items()} | {"unit": "GB"}
+
+
+def _meminfo_available() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _cgroup_available() -> int | None:
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit == "max":
+            return None
+        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def available_bytes() -> int | None:
+    """Memory this process can still take (``None`` where the OS does not say)."""
+    found = [b for b in (_meminfo_available(), _cgroup_available()) if b is not None]
+    return min(found) if found else None
+
+
+def natural_dtype(spec: str) -> str:
+    """The dtype a source comes in (``models.sources.load_model`` without a dtype)."""
+    from gemma3n_export_fixes.models.sources import SHAPES
+
+    if spec == "tiny":
+        return "float32"
+    if spec in SHAPES:
+        return "bfloat16"
+    config = json.loads((Path(spec) / "config.json").read_text())
+    found = config.get("dtype") or config.get("torch_dtype") or config.get("text_config", {}).get("dtype")
+    return "bfloat16" if found in ("bfloat16", "float16") else "float32"
+
+
+def meta_model(spec: str) -> torch.nn.Module:
+    """``spec``'s text decoder on the meta device (a checkpoint directory: from its config, no weights read)."""
+    from gemma3n_export_fixes.export.sizes import meta_model as builtin_meta_model
+    from gemma3n_export_fixes.models.sources import BUILTIN
+
+    if spec in BUILTIN:
+        return builtin_meta_model(spec)
+    from gemma3n_export_fixes.models.sources import checkpoint_model_type
+
+    checkpoint_model_type(Path(spec))
+    import torch
+    from transformers import AutoConfig, Gemma3nForCausalLM
+
+    config = AutoConfig.from_pretrained(spec, local_files_only=True)
+    config = getattr(config, "text_config", config)
+    with torch.device("meta"):
+        return Gemma3nForCausalLM(config)
+
+
+def plan(spec: str, options: ExportOptions) -> MemoryPlan:
+    """The predicted peak memory of exporting ``spec`` with ``options``."""
+    from gemma3n_export_fixes.export.sizes import price
+
+    model = meta_model(spec)
+    natural = price(model, natural_dtype(spec))["float_bytes"]
+    stored = price(model, options.dtype, options.quant, options.quant_embeddings)
+    head = model.lm_head.weight.numel() * 4
+    before_lowering = natural + head
+    lowering = int(stored["bytes"] * LOWERING_FACTOR)
+    return MemoryPlan(natural, stored["bytes"], head, int(BASE_BYTES + max(before_lowering, lowering)))
+
+
+def check_fits(spec: str, options: ExportOptions, available: int | None = None) -> MemoryPlan:
+    """The plan, or ``UserError`` (one line: predicted peak vs available, and what would fit) when it cannot fit."""
+    from dataclasses import replace
+
+    from gemma3n_export_fixes.errors import UserError
+
+    found = plan(spec, options)
+    available = available_bytes() if available is None else available
+    if available is None or found.predicted_peak <= available:
+        return found
+    smallest = replace(options, backend="xnnpack", quant="8da4w", quant_embeddings="4w", dtype="float32")
+    alternative = plan(spec, smallest)
+    hint = (
+        f"--backend xnnpack --quant 8da4w --quant-embeddings 4w needs {alternative.predicted_peak / GB:.1f} GB"
+        if alternative.predicted_peak <= available
+        else "no option fits this machine: use one with more memory"
+    )
+    raise UserError(
+        f"{spec} with these options needs about {found.predicted_peak / GB:.1f} GB at its peak (weights: "
+        f"{found.natural_bytes / GB:.1f} GB as built, {found.stored_bytes / GB:.1f} GB as stored); this machine has "
+        f"{available / GB:.1f} GB available: {hint}"
+    )

@@ -1,0 +1,47 @@
+"""Memory is a feature: an export that cannot fit is refused before any heavy work, in one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import run_python
+from gemma3n_export_fixes.errors import UserError
+from gemma3n_export_fixes.export.memory import GB, available_bytes, check_fits, plan
+from gemma3n_export_fixes.export.options import ExportOptions
+
+FLOAT = ExportOptions(backend="portable", dtype="float32")
+PHONE = ExportOptions(backend="xnnpack", quant="8da4w", quant_embeddings="4w", kv_cache=True, max_seq_len=256)
+
+
+def test_the_plan_follows_the_weight_bytes(gemma3n_module):
+    from gemma3n_export_fixes.export.sizes import weight_bytes
+
+    e2b = plan("e2b-shape", PHONE)
+    assert e2b.natural_bytes == weight_bytes("e2b-shape", "bfloat16")["bytes"]  # built in bfloat16, never float32
+    assert e2b.stored_bytes == weight_bytes("e2b-shape", "float32", "8da4w", "4w")["bytes"]
+    assert plan("e2b-shape", FLOAT).predicted_peak > 2 * e2b.predicted_peak
+    assert plan("e4b-shape", PHONE).predicted_peak > e2b.predicted_peak > plan("tiny", PHONE).predicted_peak
+
+
+def test_a_job_that_cannot_fit_is_refused_with_the_prediction_and_what_fits(gemma3n_module):
+    with pytest.raises(UserError) as refused:
+        check_fits("e2b-shape", FLOAT, available=int(24 * GB))
+    message = str(refused.value)
+    assert "\n" not in message and "e2b-shape with these options needs about" in message
+    assert "24.0 GB available" in message and "--quant 8da4w --quant-embeddings 4w needs" in message
+    with pytest.raises(UserError, match="no option fits this machine"):
+        check_fits("e2b-shape", FLOAT, available=int(2 * GB))
+    assert check_fits("tiny", FLOAT, available=int(24 * GB)).predicted_peak < 2 * GB
+
+
+def test_export_refuses_before_loading_and_writes_nothing(tmp_path, gemma3n_module):
+    available = available_bytes()
+    if available is None or plan("e2b-shape", FLOAT).predicted_peak <= available:
+        pytest.skip("this machine has the memory for a float32 E2B export; the refusal cannot be shown here")
+    out = tmp_path / "e2b.pte"
+    result = run_python(["-m", "gemma3n_export_fixes.cli", "export", "--model", "e2b-shape", "--dtype", "float32",
+                         "--backend", "portable", "--out", str(out)], timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("gemma3n-export-fixes: error:")]
+    assert "needs about" in line and "GB available" in line and "Traceback" not in result.stderr
+    assert "loading e2b-shape" not in result.stderr and not list(tmp_path.iterdir())
