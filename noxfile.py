@@ -8,6 +8,7 @@ nox -s "matrix(tf5.6.0-et1.5.1)"    # one cell; `-- --force` re-runs a cell whos
                                     # `-- --heavy` lets a "heavy" row (another torch: multi-GB) run
 nox -s matrix -t smoke              # the smoke rows (CI)
 nox -s matrix_report                # matrix/README.md + matrix/heatmap.svg from the results
+nox -s "real_size(e2b-shape)"       # benchmark (not CI): E2B export KV 256 8da4w + 4w, then generate; figures JSON
 nox -l --json                       # the sessions, for a CI fan-out (see .github/workflows/matrix.yml)
 """
 
@@ -97,6 +98,17 @@ def matrix_report(session: nox.Session) -> None:
 
     for path in write_report():
         session.log(f"wrote {path.relative_to(ROOT)}")
+
+
+@nox.session(python=DEFAULT["python"])
+@nox.parametrize("model", [nox.param(m, id=m) for m in ("e2b-shape", "e4b-shape")])
+def real_size(session: nox.Session, model: str) -> None:
+    """Real-size benchmark (tens of minutes, ~12 GB): export + generate, figures in benchmarks/results/."""
+    install(session, DEFAULT)
+    out = ROOT / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    session.run("python", "benchmarks/real_size.py", "--model", model, "--json", str(out / f"real_size-{model}.json"),
+                *session.posargs)  # fmt: skip
 
 
 @nox.session(python=DEFAULT["python"])
