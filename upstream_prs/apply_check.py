@@ -11,6 +11,7 @@ bfloat16 and float16.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 MODULE = "transformers.models.gemma3n.modeling_gemma3n"
 REL = Path("src/transformers/models/gemma3n")
@@ -102,6 +104,19 @@ assert snippet.Gemma3nTextMLP is patched.Gemma3nTextMLP
 result = unittest.TextTestRunner(verbosity=2).run(unittest.defaultTestLoader.loadTestsFromModule(snippet))
 sys.exit(0 if result.wasSuccessful() and result.testsRun else 1)
 """
+
+
+def load_draft(patch_file: Path) -> ModuleType:
+    """The installed ``modeling_gemma3n`` with ``patch_file`` applied, imported as a module of its own."""
+    import transformers.models.gemma3n.modeling_gemma3n as upstream
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target = apply_to_copy(patch_file, Path(tmp))
+        spec = importlib.util.spec_from_file_location(upstream.__name__ + "_draft", target / "modeling_gemma3n.py")
+        draft = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = draft
+        spec.loader.exec_module(draft)
+    return draft
 
 
 def run_snippet(patch_file: Path | None, snippet: Path) -> subprocess.CompletedProcess[str]:

@@ -14,11 +14,9 @@ sparsity values, and built on the meta device and under a bfloat16 default dtype
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -44,16 +42,11 @@ def measure(patch_file: Path, runtime: bool) -> dict:
     import torch
     import transformers.models.gemma3n.modeling_gemma3n as upstream
 
-    from upstream_prs.apply_check import apply_to_copy
+    from upstream_prs.apply_check import load_draft
 
     if "gemma3n_export_fixes.plugin.engine" in sys.modules:
         raise SystemExit("run with GEMMA3N_EXPORT_FIXES=0: upstream must be unpatched")
-    with tempfile.TemporaryDirectory() as tmp:
-        target = apply_to_copy(patch_file, Path(tmp))
-        spec = importlib.util.spec_from_file_location(upstream.__name__ + "_draft", target / "modeling_gemma3n.py")
-        draft = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = draft
-        spec.loader.exec_module(draft)
+    draft = load_draft(patch_file)
 
     candidates = {"draft": draft.Gemma3nTextMLP}
     if runtime:

@@ -13,12 +13,10 @@ last entry, ``strict export after torch.compile``, shows that.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -92,16 +90,11 @@ def probe(module_cls, check: str) -> str:
 def load(which: str, patch_file: Path):
     import transformers.models.gemma3n.modeling_gemma3n as upstream
 
-    from upstream_prs.apply_check import apply_to_copy
+    from upstream_prs.apply_check import load_draft
 
     if which == "upstream":
         return upstream.Gemma3nTextMLP
-    with tempfile.TemporaryDirectory() as tmp:
-        target = apply_to_copy(patch_file, Path(tmp))
-        spec = importlib.util.spec_from_file_location(upstream.__name__ + "_draft", target / "modeling_gemma3n.py")
-        draft = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = draft
-        spec.loader.exec_module(draft)
+    draft = load_draft(patch_file)
     return draft.Gemma3nTextMLP
 
 
