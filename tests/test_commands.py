@@ -215,6 +215,26 @@ def test_export_rejects_a_corrupt_checkpoint_in_one_line(tiny_checkpoint, tmp_pa
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
+def test_a_checkpoint_that_would_load_with_random_weights_is_refused(tiny_checkpoint, tmp_path):
+    """A weight under another name (the name transformers 5.0.0rc1 is reported to write for the per-layer
+    projection): from_pretrained would silently random-initialise the real one. Refused, one line, no file."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(tiny_checkpoint, renamed)
+    (weights,) = renamed.glob("*.safetensors")
+    tensors = load_file(weights)
+    (key,) = [k for k in tensors if k.endswith("per_layer_model_projection.weight")]
+    tensors[key.replace("per_layer_model_projection", "per_layer_model.language_model_projection")] = tensors.pop(key)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    out = tmp_path / "out.pte"
+    result = run_python([*CLI, "export", "--model", str(renamed), "--out", str(out)])
+    one_line_error(result, "does not match this transformers' Gemma 3n", "missing (would be random)", key)
+    assert not out.exists() and not out.with_suffix(".json").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

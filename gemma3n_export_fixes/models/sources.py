@@ -118,6 +118,27 @@ def checkpoint_model_type(directory: Path) -> str:
     return model_type
 
 
+#: Weights of a multimodal ``gemma3n`` checkpoint that the text decoder does not load (on purpose).
+TOWER_PREFIXES = ("vision_tower", "audio_tower", "embed_vision", "embed_audio")
+
+
+def refuse_incomplete(directory: Path, info: dict[str, Any]) -> None:
+    """``UserError`` when loading left weights randomly initialised (missing or mismatched) or skipped weights
+    that are not the vision/audio towers: an export of such a model computes a function nobody trained."""
+    unexpected = [k for k in info.get("unexpected_keys", []) if not any(p in k for p in TOWER_PREFIXES)]
+    problems = {
+        "missing (would be random)": list(info.get("missing_keys", [])),
+        "of another shape (would be random)": [
+            str(k[0] if isinstance(k, tuple) else k) for k in info.get("mismatched_keys", [])
+        ],
+        "unexpected (ignored)": unexpected,
+    }
+    found = [f"{len(keys)} weights {what}: {', '.join(sorted(keys)[:3])}" + (", ..." if len(keys) > 3 else "")
+             for what, keys in problems.items() if keys]  # fmt: skip
+    if found:
+        raise UserError(f"{directory}: the checkpoint does not match this transformers' Gemma 3n: {'; '.join(found)}")
+
+
 def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> LoadedModel:
     """Load ``spec`` (``tiny``, ``e2b-shape``, ``e4b-shape`` or a checkpoint directory) in eval mode.
 
@@ -141,10 +162,13 @@ def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> Lo
 
         dtype_kwarg = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
         try:
-            model = Gemma3nForCausalLM.from_pretrained(directory, **{dtype_kwarg: dtype or "auto"})
+            model, info = Gemma3nForCausalLM.from_pretrained(
+                directory, output_loading_info=True, **{dtype_kwarg: dtype or "auto"}
+            )
         except (KeyboardInterrupt, MemoryError):
             raise
         except Exception as exc:  # corrupt safetensors, bad config values, ...: all the user's checkpoint
             raise UserError(f"{directory}: cannot load the checkpoint ({first_line(exc)})") from None
+        refuse_incomplete(directory, info)
         model = model.eval()
     return LoadedModel(model=model, source=source_spec(spec), config=_text_config_dict(model))
