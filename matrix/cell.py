@@ -1,7 +1,9 @@
 """Run one matrix cell: a fresh venv with the row's pins and this package, then ``check --json``.
 
 The cell's result (``results/<id>.json``) is check's record plus a ``cell`` block: the row, the inputs
-hash (see :func:`grid.inputs_hash`), when and how long. A failing check is evidence too and is stored.
+hash (see :func:`grid.inputs_hash`), when and how long, and every distribution installed in the cell's venv
+(name -> version), so a change in a transitive dependency is visible between two results. A failing check
+is evidence too and is stored.
 uv is used when it is on PATH, told to look where pip looks for wheels (pip's find-links: on these machines
 the CPU torch wheel lives there, while the registry's torch is a multi-GB CUDA build).
 """
@@ -57,6 +59,18 @@ def _create_venv(row: Row, venv: Path, log: Log) -> Path:
     return venv / "bin" / "gemma3n-export-fixes"
 
 
+FREEZE = (
+    "import importlib.metadata as m, json; "
+    "print(json.dumps(sorted({d.metadata['Name'].lower(): d.version for d in m.distributions()}.items())))"
+)
+
+
+def installed_distributions(venv: Path) -> dict[str, str]:
+    """Every distribution installed in the cell's venv, name -> version: the full lock the result came from."""
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", FREEZE], capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout))
+
+
 def run_cell(row: Row, venv: Path, log: Log = print) -> dict[str, Any]:
     """Install the row into ``venv``, run ``check --json`` there, store and return the cell's result."""
     started = time.perf_counter()
@@ -85,6 +99,7 @@ def run_cell(row: Row, venv: Path, log: Log = print) -> dict[str, Any]:
         "install_seconds": round(installed - started, 1),
         "check_seconds": round(time.perf_counter() - installed, 1),
         "check_exit_code": proc.returncode,
+        "installed": installed_distributions(venv),
     }
     path = result_path(row)
     path.parent.mkdir(parents=True, exist_ok=True)
