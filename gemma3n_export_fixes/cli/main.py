@@ -74,7 +74,7 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.memory import check_fits
 
     memory = check_fits(args.model, options)  # before any heavy work: refuse what cannot fit, in one line
-    con.progress(f"predicted peak memory {memory.predicted_peak / 1e9:.1f} GB; loading {args.model} ...")
+    con.progress(f"loading {args.model} (predicted peak memory of the export {memory.predicted_peak / 1e9:.1f} GB) ...")
     loaded = load_model(args.model)
     con.progress(f"loaded {args.model}: {loaded.parameters:,} parameters")
     record = export_pte(loaded, out, options, progress=con.progress)

@@ -30,7 +30,7 @@ def main() -> None:
     with open(out, "wb") as f:
         f.write(program.buffer)
     # This script never imports the package; it is in sys.modules only if the start-up hook loaded it.
-    print("hook-loaded:", "gemma3n_export_fixes.api" in sys.modules)
+    print("hook-loaded:", "gemma3n_export_fixes.plugin.engine" in sys.modules)
     print("exported", out)
 
 
