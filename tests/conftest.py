@@ -66,13 +66,25 @@ def run_python(
     )
 
 
+def one_char_tokenizer(directory, vocab: int = 256) -> list[str]:
+    """A BPE ``tokenizer.json`` (the kind ExecuTorch's runner reads) with one character per id; the characters."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(0x4E00 + i) for i in range(vocab)]
+    tok = Tokenizer(models.BPE({c: i for i, c in enumerate(chars)}, []))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=chars[1], bos_token=chars[2]).save_pretrained(directory)
+    return chars
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, gemma3n_module):
-    """The tiny model saved with ``save_pretrained``: what a user's export script loads."""
+    """The tiny model saved with ``save_pretrained``, with a tokenizer: what a user's export script loads."""
     from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     path = tmp_path_factory.mktemp("tiny-checkpoint")
     build_tiny_model(seed=0).save_pretrained(path)
+    one_char_tokenizer(path)
     return path
 
 

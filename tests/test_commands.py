@@ -92,6 +92,10 @@ def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint
     assert any("embeddings: int8 per row" in q for q in record["quantized"])
     assert record["options"]["quant_embeddings"] == "8w" and record["peak_rss_mb"] > 0
     assert record["model"] == str(Path(tiny_checkpoint).resolve())
+    # the checkpoint's tokenizer ships next to the program (ExecuTorch's LLM runner takes it as a file)
+    shipped = out.with_suffix(".tokenizer.json")
+    assert shipped.read_bytes() == (tiny_checkpoint / "tokenizer.json").read_bytes()
+    assert record["tokenizer"] == str(shipped.resolve())
     from gemma3n_export_fixes.models.tiny import build_tiny_model
 
     expected = weight_bytes("tiny", "float32", "none", "8w")

@@ -11,7 +11,7 @@ import json
 import pytest
 from test_commands import CLI, one_line_error
 
-from conftest import require_kv_cache, run_python
+from conftest import one_char_tokenizer, require_kv_cache, run_python
 
 
 def test_kv_support_range_is_declared_from_the_fixing_release():
@@ -105,10 +105,11 @@ def test_generate_from_token_ids_equals_eager_greedy(kv_programs, gemma3n_module
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout)
     with torch.no_grad():
-        eager = build_tiny_model().generate(torch.tensor([prompt]), max_new_tokens=24, min_new_tokens=24,
-                                            do_sample=False)  # fmt: skip
+        # eager stops at the generation config's EOS ids too, as ours does (the program's get_eos_ids)
+        eager = build_tiny_model().generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)
     assert out["prompt_ids"] == prompt
     assert out["new_ids"] == eager[0, len(prompt) :].tolist()  # 24 tokens: three sliding windows past the prompt
+    assert not out["stopped_at_eos"]
     assert out["text"] is None and out["tokenizer"] is None
     # prefill and decode are timed apart: one prefill of the prompt, then one step per further token
     assert out["prefill_ms"] > 0 and out["decode_ms_per_token"] > 0 and out["decode_steps"] == 24 - 1
@@ -150,3 +151,44 @@ def test_generate_with_a_tokenizer_directory(kv_programs, tmp_path):
     out = json.loads(result.stdout)
     assert out["prompt_ids"] == [5, 17, 42] and 1 <= len(out["new_ids"]) <= 6
     assert out["text"].split() == [f"t{i:03d}" for i in out["new_ids"] if i not in (0, 1)]
+
+
+@pytest.mark.slow
+def test_programs_carry_the_llm_runner_metadata(kv_programs, gemma3n_module):
+    """What ExecuTorch's LLM runner reads: the stop ids (every one of the generation config's), BOS, no custom
+    SDPA; our ``generate`` stops at the same ids."""
+    from executorch.runtime import Runtime
+
+    from gemma3n_export_fixes.models.sources import special_token_ids
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
+
+    bos, eos = special_token_ids(build_tiny_model())
+    program = Runtime.get().load_program(str(kv_programs / "tiny-kv-portable.pte"))
+    meta = {m: program.load_method(m).execute([]) for m in ("get_eos_ids", "get_bos_id", "use_sdpa_with_kv_cache")}
+    assert list(meta["get_eos_ids"]) == eos and eos and list(meta["get_bos_id"]) == [bos]
+    assert list(meta["use_sdpa_with_kv_cache"]) == [False]
+    result = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--ids", "5,17,42",
+                         "--max-new-tokens", "4", "--json"])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["eos_ids"] == sorted(eos)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", ["tiny-kv-portable.pte", "tiny-kv-8da4w-4w.pte"])
+def test_executorch_llm_runner_generates_what_our_generate_does(kv_programs, tmp_path, program):
+    """ExecuTorch's C++ ``TextLLMRunner`` (the runner of its Android/iOS apps), greedy, on our program: the same
+    tokens as ``generate``. The 8da4w + 4w program needs ExecuTorch's quantized kernels loaded in the process."""
+    import executorch.kernels.quantized  # noqa: F401  (embedding_4bit etc. for the quantized program)
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    chars = one_char_tokenizer(tmp_path)
+    prompt, new = [5, 17, 42], 12
+    ours = run_python([*CLI, "generate", str(kv_programs / program), "--ids", ",".join(map(str, prompt)),
+                       "--max-new-tokens", str(new), "--json"])  # fmt: skip
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    expected = json.loads(ours.stdout)["new_ids"]
+    runner = TextLLMRunner(str(kv_programs / program), str(tmp_path / "tokenizer.json"))
+    pieces: list[str] = []
+    config = GenerationConfig(max_new_tokens=new, temperature=0.0, echo=False, num_bos=0, num_eos=0)
+    runner.generate("".join(chars[i] for i in prompt), config, token_callback=pieces.append)
+    assert [chars.index(p) for p in pieces] == expected

@@ -7,7 +7,8 @@ cache_position [T])`` serves the prefill (T tokens) and every decode step (T = 1
 program as mutable buffers; a call at ``cache_position[0] == 0`` starts a new sequence.
 
 Constant methods follow ExecuTorch's LLM runner conventions (``get_max_seq_len``, ``get_vocab_size``,
-``use_kv_cache``, ``enable_dynamic_shape``, ...), so a runner can tell a KV-cache program from a fixed window.
+``use_kv_cache``, ``enable_dynamic_shape``, ``use_sdpa_with_kv_cache``, ``get_bos_id``, ``get_eos_ids``, ...), so
+ExecuTorch's ``TextLLMRunner`` can drive the program and a runner can tell a KV-cache program from a fixed window.
 
 Supported from transformers :data:`KV_CACHE_SINCE`. Before 5.4.0 the recipe keeps sliding layers as
 ``StaticSlidingWindowLayer``, whose fill level is a Python int frozen into the trace, so the exported decode
@@ -77,7 +78,12 @@ def export_program(model: torch.nn.Module, max_seq_len: int) -> Any:
 
 def constant_methods(config: dict[str, Any], max_seq_len: int) -> dict[str, Any]:
     """Metadata methods in ExecuTorch's LLM runner convention."""
-    return {
+    special: dict[str, Any] = {}
+    if config.get("eos_token_ids"):  # the runner stops at every one (Gemma: <eos> and <end_of_turn>)
+        special["get_eos_ids"] = [int(i) for i in config["eos_token_ids"]]
+    if config.get("bos_token_id") is not None:
+        special["get_bos_id"] = int(config["bos_token_id"])
+    return special | {
         "get_max_seq_len": max_seq_len,
         "get_max_context_len": max_seq_len,
         "get_vocab_size": int(config["vocab_size"]),
@@ -85,6 +91,7 @@ def constant_methods(config: dict[str, Any], max_seq_len: int) -> dict[str, Any]
         KV_MARKER_METHOD: True,
         "enable_dynamic_shape": True,
         "get_sliding_window": int(config.get("sliding_window") or 0),
+        "use_sdpa_with_kv_cache": False,  # transformers' attention, not ExecuTorch's custom SDPA op
     }
 
 

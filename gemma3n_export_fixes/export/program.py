@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING, Any
 from gemma3n_export_fixes.errors import require
 from gemma3n_export_fixes.export.options import ExportOptions
 from gemma3n_export_fixes.export.quant import quantize
-from gemma3n_export_fixes.export.writing import AtomicFiles, check_out_path, sidecar_path
-from gemma3n_export_fixes.models.sources import torch_dtype
+from gemma3n_export_fixes.export.writing import AtomicFiles, check_out_path, sidecar_path, tokenizer_path
+from gemma3n_export_fixes.models.sources import BUILTIN, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -153,5 +153,9 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
             "peak_rss_mb": peak_rss_mb(),
             "memory": plan(loaded.source, options).to_dict(),
         }
+        source_tokenizer = Path(loaded.source) / "tokenizer.json"
+        if loaded.source not in BUILTIN and source_tokenizer.is_file():  # what the LLM runner needs beside it
+            files.write(tokenizer_path(out), source_tokenizer.read_bytes())
+            record["tokenizer"] = str(tokenizer_path(out).resolve())
         files.write(sidecar_path(out), (json.dumps(record, indent=2, default=str) + "\n").encode())
     return record

@@ -76,6 +76,11 @@ def sidecar_path(pte: Path) -> Path:
     return pte.with_suffix(".json")
 
 
+def tokenizer_path(pte: Path) -> Path:
+    """``FILE.tokenizer.json`` next to ``FILE.pte``: the checkpoint's tokenizer, for ExecuTorch's LLM runner."""
+    return pte.with_suffix(".tokenizer.json")
+
+
 def read_sidecar(pte: Path) -> dict[str, Any] | None:
     """The export record written next to ``pte``, if there is a readable one."""
     try:

@@ -99,7 +99,19 @@ def _text_config_dict(model: torch.nn.Module) -> dict[str, Any]:
         "altup_num_inputs", "laurel_rank", "altup_coef_clip", "final_logit_softcapping",
     )  # fmt: skip
     config = model.config
-    return {key: getattr(config, key, None) for key in keep}
+    values = {key: getattr(config, key, None) for key in keep}
+    values["bos_token_id"], values["eos_token_ids"] = special_token_ids(model)
+    return values
+
+
+def special_token_ids(model: torch.nn.Module) -> tuple[int | None, list[int]]:
+    """(BOS id, end-of-sequence ids): the generation config's (a Gemma 3n checkpoint stops at ``<eos>`` and at
+    ``<end_of_turn>``, ids 1 and 106), else the model config's."""
+    sources = [getattr(model, "generation_config", None), model.config]
+    bos = next((s.bos_token_id for s in sources if getattr(s, "bos_token_id", None) is not None), None)
+    eos = next((s.eos_token_id for s in sources if getattr(s, "eos_token_id", None) is not None), None)
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return bos, [int(i) for i in dict.fromkeys(eos_ids)]
 
 
 def checkpoint_model_type(directory: Path) -> str:

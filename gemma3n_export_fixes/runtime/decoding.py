@@ -72,6 +72,14 @@ class Decoder:
         return result
 
 
+def program_eos_ids(program: Any) -> set[int]:
+    """The program's ``get_eos_ids`` (what ExecuTorch's LLM runner stops at); empty for older programs."""
+    if "get_eos_ids" not in program.method_names:
+        return set()
+    with runtime_errors("the program's get_eos_ids method cannot be run"):
+        return {int(i) for i in program.load_method("get_eos_ids").execute([])}
+
+
 def runtime_decoder(program: Any) -> Decoder:
     """A :class:`Decoder` over a loaded ExecuTorch KV-cache program (``Runtime.load_program``)."""
     with runtime_errors("the program's KV-cache methods cannot be loaded"):

@@ -53,7 +53,7 @@ def generate_from_pte(
     """Greedy decoding from a KV-cache program; returns the record the CLI prints."""
     require("executorch", "generate", "executorch")
     from gemma3n_export_fixes.export.writing import read_sidecar
-    from gemma3n_export_fixes.runtime.decoding import runtime_decoder
+    from gemma3n_export_fixes.runtime.decoding import program_eos_ids, runtime_decoder
     from gemma3n_export_fixes.runtime.loading import is_kv_program, load_program
 
     if max_new_tokens < 1:
@@ -78,9 +78,9 @@ def generate_from_pte(
             f"prompt ({len(prompt_ids)} tokens) + --max-new-tokens {max_new_tokens} exceed the program's cache of "
             f"{decoder.max_seq_len} positions (export with a larger --max-seq-len)"
         )
-    eos = None
+    eos = program_eos_ids(program)  # the same stop ids as ExecuTorch's LLM runner, and the tokenizer's
     if tok is not None and tok.eos_token_id is not None:
-        eos = {tok.eos_token_id} if isinstance(tok.eos_token_id, int) else set(tok.eos_token_id)
+        eos |= {tok.eos_token_id} if isinstance(tok.eos_token_id, int) else set(tok.eos_token_id)
     result = decoder.greedy(prompt_ids, max_new_tokens, eos=eos)
     per_token = result.decode_ms_per_token
     return {
@@ -92,4 +92,6 @@ def generate_from_pte(
         "prefill_ms": round(result.prefill_ms, 3),
         "decode_ms_per_token": None if per_token is None else round(per_token, 3),
         "decode_steps": len(result.decode_ms),
+        "eos_ids": sorted(eos),
+        "stopped_at_eos": bool(result.tokens) and result.tokens[-1] in eos,
     }
