@@ -27,7 +27,8 @@ def one_line_error(result, *fragments: str) -> None:
 @pytest.fixture(scope="session")
 def portable_pte(tmp_path_factory, gemma3n_module):
     out = tmp_path_factory.mktemp("export") / "tiny.pte"
-    result = run_python([*CLI, "export", "--model", "tiny", "--backend", "portable", "--out", str(out)])
+    result = run_python([*CLI, "export", "--model", "tiny", "--fixed-window", "--recipe", "portable",
+                         "--qembedding", "none", "--out", str(out)])  # fmt: skip
     return result, out
 
 
@@ -83,8 +84,8 @@ def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint
     out = tmp_path / "ckpt.pte"
     relative = os.path.relpath(tiny_checkpoint, tmp_path)
     result = run_python(
-        [*CLI, "export", "--model", relative, "--backend", "portable", "--quant-embeddings",
-         "--out", "ckpt.pte"],  # a bare --quant-embeddings means 8w
+        [*CLI, "export", "--model", relative, "--fixed-window", "--recipe", "portable", "--qembedding",
+         "--out", "ckpt.pte"],  # a bare --qembedding means 8w
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -113,7 +114,8 @@ def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint
 @pytest.mark.slow
 def test_bfloat16_export_validates_against_the_bfloat16_eager_model(tmp_path, gemma3n_module):
     out = tmp_path / "bf16.pte"
-    result = run_python([*CLI, "export", "--dtype", "bfloat16", "--backend", "portable", "--out", str(out)])
+    result = run_python([*CLI, "export", "--model", "tiny", "--fixed-window", "--dtype", "bfloat16", "--recipe",
+                         "portable", "--qembedding", "none", "--out", str(out)])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     checked = run_python([*CLI, "validate", str(out), "--json"])
     assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
@@ -132,7 +134,8 @@ def run_cli_without(module: str, args: list[str]):
 
 
 def test_export_int8_without_torchao_says_so(tmp_path):
-    args = ["export", "--backend", "portable", "--quant", "int8", "--out", str(tmp_path / "x.pte")]
+    args = ["export", "--model", "tiny", "--fixed-window", "--recipe", "portable", "--qlinear", "8w", "--out",
+            str(tmp_path / "x.pte")]  # fmt: skip
     one_line_error(run_cli_without("torchao", args), "torchao is not installed")
     assert not list(tmp_path.iterdir())
 
@@ -203,7 +206,7 @@ def test_export_rejects_a_directory_that_is_not_a_gemma3n_checkpoint(tmp_path, m
     (tmp_path / "ckpt").mkdir()
     source = make(tmp_path / "ckpt")
     out = tmp_path / "out.pte"
-    one_line_error(run_python([*CLI, "export", "--model", str(source), "--out", str(out)]), fragment)
+    one_line_error(run_python([*CLI, "export", "--model", str(source), "--fixed-window", "--out", str(out)]), fragment)
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
@@ -217,7 +220,8 @@ def test_export_rejects_a_corrupt_checkpoint_in_one_line(tiny_checkpoint, tmp_pa
     weights.write_bytes(weights.read_bytes()[:100])
     out = tmp_path / "out.pte"
     one_line_error(
-        run_python([*CLI, "export", "--model", str(broken), "--out", str(out)]), "cannot load the checkpoint"
+        run_python([*CLI, "export", "--model", str(broken), "--fixed-window", "--out", str(out)]),
+        "cannot load the checkpoint",
     )
     assert not out.exists() and not out.with_suffix(".json").exists()
 
@@ -238,7 +242,7 @@ def test_a_checkpoint_that_would_load_with_random_weights_is_refused(tiny_checkp
     tensors[key.replace("projection.weight", "projection_renamed.weight")] = tensors.pop(key)
     save_file(tensors, weights, metadata={"format": "pt"})
     out = tmp_path / "out.pte"
-    result = run_python([*CLI, "export", "--model", str(renamed), "--out", str(out)])
+    result = run_python([*CLI, "export", "--model", str(renamed), "--fixed-window", "--out", str(out)])
     one_line_error(
         result, "does not match this transformers' Gemma 3n", "missing (would be random)", "per_layer_model_projection"
     )
@@ -250,21 +254,22 @@ def test_a_checkpoint_that_would_load_with_random_weights_is_refused(tiny_checkp
     [
         (["--out", "x.txt"], "--out must name a .pte file"),
         (["--seq-len", "0", "--out", "x.pte"], "--seq-len must be at least 1"),
-        (["--backend", "xnnpack", "--quant", "int8", "--out", "x.pte"], "fails at execute"),
-        (["--backend", "portable", "--quant", "8da4w", "--out", "x.pte"], "use --backend xnnpack"),
-        (["--kv-cache", "--max-seq-len", "1", "--out", "x.pte"], "--max-seq-len must be at least 2"),
+        (["--recipe", "xnnpack", "--qlinear", "8w", "--out", "x.pte"], "fails at execute"),
+        (["--backend", "xnnpack", "--quant", "int8", "--out", "x.pte"], "fails at execute"),  # older spellings
+        (["--recipe", "portable", "--qlinear", "8da4w", "--out", "x.pte"], "use --recipe xnnpack"),
+        (["--qlinear", "4w", "--out", "x.pte"], "--qlinear 4w (weight-only int4 linears) is not offered"),
+        (["--max_seq_len", "1", "--out", "x.pte"], "--max_seq_len must be at least 2"),
     ],
-    ids=["not-pte", "seq-len", "int8-xnnpack", "8da4w-portable", "max-seq-len"],
+    ids=["not-pte", "seq-len", "8w-xnnpack", "int8-xnnpack", "8da4w-portable", "4w", "max-seq-len"],
 )
 def test_export_rejects_bad_options(tmp_path, args, fragment):
-    one_line_error(run_python([*CLI, "export", *args], cwd=tmp_path), fragment)
+    one_line_error(run_python([*CLI, "export", "--model", "tiny", *args], cwd=tmp_path), fragment)
     assert not list(tmp_path.iterdir())
 
 
 def test_export_without_executorch_says_so(tmp_path):
-    one_line_error(
-        run_cli_without("executorch", ["export", "--out", str(tmp_path / "x.pte")]), "executorch is not installed"
-    )
+    args = ["export", "--model", "tiny", "--fixed-window", "--out", str(tmp_path / "x.pte")]
+    one_line_error(run_cli_without("executorch", args), "executorch is not installed")
     assert not list(tmp_path.iterdir())
 
 

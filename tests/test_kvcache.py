@@ -51,10 +51,10 @@ def test_kv_cache_refused_before_the_supported_release(tmp_path, gemma3n_module)
     from conftest import kv_supported
 
     if kv_supported():
-        pytest.skip(f"transformers {transformers.__version__} supports --kv-cache (check_run exports it)")
+        pytest.skip(f"transformers {transformers.__version__} supports KV-cache programs (check_run exports them)")
     out = tmp_path / "kv.pte"
-    result = run_python([*CLI, "export", "--kv-cache", "--backend", "portable", "--out", str(out)])
-    one_line_error(result, "--kv-cache needs transformers >= 5.5.1")
+    result = run_python([*CLI, "export", "--model", "tiny", "--recipe", "portable", "--out", str(out)])  # the default
+    one_line_error(result, "KV-cache program (export's default) needs transformers >= 5.5.1", "--fixed-window")
     assert not list(tmp_path.iterdir())
 
 

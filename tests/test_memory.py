@@ -39,8 +39,9 @@ def test_export_refuses_before_loading_and_writes_nothing(tmp_path, gemma3n_modu
     if available is None or plan("e2b-shape", FLOAT).predicted_peak <= available:
         pytest.skip("this machine has the memory for a float32 E2B export; the refusal cannot be shown here")
     out = tmp_path / "e2b.pte"
-    result = run_python(["-m", "gemma3n_export_fixes.cli", "export", "--model", "e2b-shape", "--dtype", "float32",
-                         "--backend", "portable", "--out", str(out)], timeout=120)  # fmt: skip
+    args = ["export", "--model", "e2b-shape", "--fixed-window", "--dtype", "float32", "--recipe", "portable",
+            "--qembedding", "none", "--out", str(out)]  # fmt: skip
+    result = run_python(["-m", "gemma3n_export_fixes.cli", *args], timeout=120)
     assert result.returncode == 1, result.stderr[-2000:]
     (line,) = [x for x in result.stderr.splitlines() if x.startswith("gemma3n-export-fixes: error:")]
     assert "needs about" in line and "GB available" in line and "Traceback" not in result.stderr

@@ -99,8 +99,8 @@ def small_checkpoint(tmp_path_factory, gemma3n_module):
 def test_8da8w_with_8w_embeddings_on_xnnpack(small_checkpoint, tmp_path):
     pytest.importorskip("torchao", reason="--quant needs torchao")
     out = tmp_path / "q.pte"
-    result = run_python([*CLI, "export", "--model", str(small_checkpoint), "--quant", "8da8w", "--quant-embeddings",
-                         "8w", "--backend", "xnnpack", "--out", str(out)])  # fmt: skip
+    result = run_python([*CLI, "export", "--model", str(small_checkpoint), "--fixed-window", "--qlinear", "8da8w",
+                         "--qembedding", "8w", "--recipe", "xnnpack", "--out", str(out)])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["options"]["quant"] == "8da8w" and any("int8 weights per output channel" in q

@@ -128,9 +128,13 @@ def _tokens_phrase(options: Any, result: Any) -> str:
     if not options.kv_cache:
         return ""
     if result.tokens_match:
-        return ", greedy tokens identical to eager"
-    judged = "judged" if options.kind == "float32" else f"not judged for {options.kind} programs"
-    return f", greedy tokens differ from eager from new token {result.first_divergence} ({judged})"
+        return ", greedy tokens identical to eager (judged)"
+    if options.kind == "float32":
+        return f", greedy tokens differ from eager from new token {result.first_divergence} (judged: a failure)"
+    return (
+        f"; judged on logits only: its own greedy tokens part from eager's at new token {result.first_divergence}, "
+        f"which {options.kind} programs may do on near-ties (tokens not judged)"
+    )
 
 
 def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dict[str, Any]:

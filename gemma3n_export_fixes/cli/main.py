@@ -62,9 +62,9 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.writing import check_out_path
     from gemma3n_export_fixes.models.sources import load_model
 
-    options = ExportOptions(
+    options = ExportOptions.from_cli(
         seq_len=args.seq_len, dtype=args.dtype, backend=args.backend, quant=args.quant,
-        quant_embeddings=args.quant_embeddings, kv_cache=args.kv_cache, max_seq_len=args.max_seq_len,
+        quant_embeddings=args.quant_embeddings, kv_cache=not args.fixed_window, max_seq_len=args.max_seq_len,
     )  # fmt: skip
     versions = stack_versions()
     options.check(versions["transformers"])  # before the model loads: bad options cost nothing
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print a JSON record instead of a table")
     status.set_defaults(func=_cmd_status)
 
-    from gemma3n_export_fixes.export.options import BACKENDS, QUANTS
+    from gemma3n_export_fixes.export.options import BACKENDS, CLI_LINEAR_QUANTS
     from gemma3n_export_fixes.export.quant import EMBEDDING_QUANTS, GROUP_SIZE
     from gemma3n_export_fixes.models.sources import DTYPES
 
@@ -251,43 +251,57 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="export the text decoder to an ExecuTorch .pte (and a .json record next to it)",
         description=(
-            "Export the Gemma 3n text decoder (language_model + lm_head; no vision/audio towers). Default: the "
-            "seed repo's fixed window, token ids [1, SEQ_LEN] in, logits out, use_cache=False. With --kv-cache: "
-            "one prefill+decode program with a static KV cache of MAX_SEQ_LEN positions (run it with `generate`). "
-            "FILE.pte and FILE.json (versions, patches applied, config hash, sizes, sha256, stage timings, peak "
-            "RSS) are written atomically: on failure neither exists."
+            "Export the Gemma 3n text decoder (language_model + lm_head; no vision/audio towers). The default is "
+            "what a phone runs: one prefill+decode program with a static KV cache of MAX_SEQ_LEN positions "
+            "(ExecuTorch's LLM runner and `generate` drive it), delegated to XNNPACK, linears 8da4w, embeddings "
+            "4w. --fixed-window gives the seed repo's form instead (token ids [1, SEQ_LEN] in, logits out, "
+            "use_cache=False). Flags follow optimum-cli export executorch (--recipe, --qlinear, --qembedding, "
+            "--max_seq_len). FILE.pte and FILE.json (versions, patches applied, config hash, sizes, sha256, "
+            "stage timings, peak RSS), and a checkpoint's tokenizer as FILE.tokenizer.json, are written "
+            "atomically: on failure none exists."
         ),
     )
-    export.add_argument("--model", default="tiny", help="tiny, e2b-shape, e4b-shape (random weights) or a "
-                        "local checkpoint directory (default: tiny)")  # fmt: skip
+    export.add_argument("--model", required=True, help="a local checkpoint directory (gemma3n or gemma3n_text), "
+                        "or a built-in: tiny (300k parameters, for trying things), e2b-shape, e4b-shape (the "
+                        "real configs with random weights)")  # fmt: skip
     export.add_argument("--out", required=True, metavar="FILE.pte", help="where to write the program")
-    export.add_argument("--seq-len", type=int, default=32, help="fixed window: number of tokens (default: 32)")
-    export.add_argument("--kv-cache", action="store_true", help="prefill+decode program with a static KV cache "
-                        "(transformers >= 5.5.1)")  # fmt: skip
-    export.add_argument("--max-seq-len", type=int, default=128, help="--kv-cache: positions in the cache, "
-                        "prompt + generated tokens (default: 128)")  # fmt: skip
-    export.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations")
+    form = export.add_mutually_exclusive_group()
+    form.add_argument("--fixed-window", action="store_true", help="the seed-compatible program: SEQ_LEN tokens "
+                      "in, logits out, no cache")  # fmt: skip
+    form.add_argument("--kv-cache", action="store_true", help=argparse.SUPPRESS)  # the default; older spelling
+    export.add_argument("--seq-len", type=int, default=32, help="--fixed-window: number of tokens (default: 32)")
+    export.add_argument("--max_seq_len", "--max-seq-len", dest="max_seq_len", type=int, default=128,
+                        help="KV cache: positions in the cache, prompt + generated tokens (default: 128)")  # fmt: skip
+    export.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default: "
+                        "float32)")  # fmt: skip
     export.add_argument(
+        "--recipe",
         "--backend",
+        dest="backend",
         choices=BACKENDS,
         default="xnnpack",
         help="xnnpack (delegated, fast; default) or portable (ExecuTorch's portable kernels)",
     )
     export.add_argument(
+        "--qlinear",
         "--quant",
-        choices=QUANTS,
-        default="none",
-        help=f"linears: none; 8da4w / 8da8w (int8 dynamic activations, int4 weights in groups of {GROUP_SIZE} / "
-        "int8 per channel; XNNPACK); int8 (weight-only; portable backend only)",
+        dest="quant",
+        choices=CLI_LINEAR_QUANTS,
+        default=None,
+        help=f"linears: 8da4w (default with xnnpack) / 8da8w: int8 dynamic activations, int4 weights in groups of "
+        f"{GROUP_SIZE} / int8 per channel, XNNPACK only; 8w (alias int8): weight-only int8, portable only; "
+        "none (default with portable)",
     )
     export.add_argument(
+        "--qembedding",
         "--quant-embeddings",
+        dest="quant_embeddings",
         choices=EMBEDDING_QUANTS,
         nargs="?",
         const="8w",
-        default="none",
-        help=f"embed_tokens and the per-layer table (~57%% of E2B's parameters): 8w (int8 per row; the default "
-        f"when the flag has no value) or 4w (int4 in groups of {GROUP_SIZE})",
+        default="4w",
+        help=f"embed_tokens and the per-layer table (~57%% of E2B's parameters): 4w (int4 in groups of "
+        f"{GROUP_SIZE}; default), 8w (int8 per row; a bare flag) or none",
     )
     export.set_defaults(func=_cmd_export)
 
@@ -311,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate = sub.add_parser(
         "generate",
         parents=[common],
-        help="greedy decoding from a --kv-cache .pte: token ids in, token ids out",
+        help="greedy decoding from a KV-cache .pte: token ids in, token ids out",
         description=(
             "Run a KV-cache program in the ExecuTorch runtime: prefill the prompt, then greedy decoding. Give token "
             "ids (--ids 2,651,3124) or text (--prompt) when a tokenizer is at hand: --tokenizer DIR, or the "

@@ -16,8 +16,8 @@ fails once the position passes the sliding window (``index_copy_(): index 8 is o
 with size 8`` on 4.57.6 and 5.0.0rc1; and prefill is limited to ``sliding_window`` tokens). 5.4.0 and 5.5.0
 replace those layers by ``StaticLayer(layer.max_cache_len)``, i.e. still only ``sliding_window`` long: the
 prefill fails in export (mask of the cache length vs keys of another) and decode overruns the window. 5.5.1
-sizes them ``max_cache_len``. All of that is generic cache code, not Gemma 3n's; ``export --kv-cache`` refuses
-older releases with that reason, and the matrix reproduces it (:func:`reproduce_old_recipe_failure`).
+sizes them ``max_cache_len``. All of that is generic cache code, not Gemma 3n's; ``export`` refuses a KV-cache
+program on older releases with that reason, and the matrix reproduces it (:func:`reproduce_old_recipe_failure`).
 """
 
 from __future__ import annotations
@@ -33,15 +33,17 @@ KV_MARKER_METHOD = "use_kv_cache"
 
 
 def unsupported_reason(transformers_version: str) -> str | None:
-    """Why ``--kv-cache`` cannot work on this transformers release, or ``None`` when it can."""
+    """Why a KV-cache program cannot work on this transformers release, or ``None`` when it can."""
     from packaging.version import Version
 
     if Version(transformers_version) >= Version(KV_CACHE_SINCE):
         return None
     return (
-        f"--kv-cache needs transformers >= {KV_CACHE_SINCE} (installed: {transformers_version}): older releases' "
+        f"a KV-cache program (export's default) needs transformers >= {KV_CACHE_SINCE} (installed: "
+        f"{transformers_version}): older releases' "
         "ExecuTorch recipe gives the sliding-window layers a cache that cannot run past the sliding window "
-        "(index_copy_ out of bounds once decoding passes it); upgrade transformers"
+        "(index_copy_ out of bounds once decoding passes it); upgrade transformers, or export the seed's fixed "
+        "window (--fixed-window)"
     )
 
 

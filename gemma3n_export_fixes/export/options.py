@@ -17,6 +17,8 @@ BACKENDS = ("xnnpack", "portable")
 QUANTS = LINEAR_QUANTS
 #: Linear schemes that only XNNPACK runs (dynamically quantized activations).
 XNNPACK_ONLY_QUANTS = ("8da4w", "8da8w")
+#: ``--qlinear`` values: optimum-executorch's names (``8w`` is our ``int8``; ``4w`` is refused, see ``from_cli``).
+CLI_LINEAR_QUANTS = ("none", "8da4w", "8da8w", "8w", "4w", "int8")
 
 
 @dataclass
@@ -36,29 +38,42 @@ class ExportOptions:
         if self.seq_len < 1:
             raise UserError(f"--seq-len must be at least 1, got {self.seq_len}")
         if self.max_seq_len < 2:
-            raise UserError(f"--max-seq-len must be at least 2, got {self.max_seq_len}")
+            raise UserError(f"--max_seq_len must be at least 2, got {self.max_seq_len}")
         for name, value, allowed in (
             ("--dtype", self.dtype, DTYPES),
-            ("--backend", self.backend, BACKENDS),
-            ("--quant", self.quant, QUANTS),
-            ("--quant-embeddings", self.quant_embeddings, EMBEDDING_QUANTS),
+            ("--recipe", self.backend, BACKENDS),
+            ("--qlinear", self.quant, QUANTS),
+            ("--qembedding", self.quant_embeddings, EMBEDDING_QUANTS),
         ):
             if value not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.backend == "xnnpack" and self.quant == "int8" and not self.allow_known_broken:
             raise UserError(
-                "--quant int8 with --backend xnnpack builds a .pte that fails at execute (XNNPACK: 'Failed to "
-                "retrieve dim order', error 0x1; an upstream ExecuTorch/torchao defect): use --backend portable"
+                "--qlinear 8w (int8 weight-only) with --recipe xnnpack builds a .pte that fails at execute (XNNPACK: "
+                "'Failed to retrieve dim order', error 0x1; an upstream ExecuTorch/torchao defect): use --recipe "
+                "portable, or --qlinear 8da8w"
             )
         if self.quant in XNNPACK_ONLY_QUANTS and self.backend != "xnnpack":
             raise UserError(
-                f"--quant {self.quant} runs on XNNPACK's dynamically quantized kernels: use --backend xnnpack"
+                f"--qlinear {self.quant} runs on XNNPACK's dynamically quantized kernels: use --recipe xnnpack (or "
+                "--qlinear none)"
             )
         if self.kv_cache and transformers_version is not None:
             from gemma3n_export_fixes.export.kvcache import unsupported_reason
 
             if reason := unsupported_reason(transformers_version):
                 raise UserError(reason)
+
+    @classmethod
+    def from_cli(cls, quant: str | None, backend: str, **values: Any) -> ExportOptions:
+        """Options from the command line's names: ``--qlinear`` unset means 8da4w on XNNPACK and none on
+        portable (the phone default, and what each backend runs); ``8w`` is ``int8``."""
+        if quant == "4w":
+            raise UserError("--qlinear 4w (weight-only int4 linears) is not offered: use --qlinear 8da4w (int4 "
+                            "weights with int8 dynamic activations, XNNPACK)")  # fmt: skip
+        if quant is None:
+            quant = "8da4w" if backend == "xnnpack" else "none"
+        return cls(quant={"8w": "int8"}.get(quant, quant), backend=backend, **values)
 
     @property
     def quantized(self) -> bool:

@@ -61,7 +61,9 @@ def generate_from_pte(
     prompt_ids = parse_ids(ids) if ids is not None else None
     program = load_program(pte)
     if not is_kv_program(program):
-        raise UserError(f"{pte}: a fixed-window program; `generate` needs one exported with --kv-cache")
+        raise UserError(
+            f"{pte}: a fixed-window program; `generate` needs a KV-cache program (export without --fixed-window)"
+        )
     record = read_sidecar(pte) or {}
     tok_dir = find_tokenizer_dir(tokenizer, record)
     tok = load_tokenizer(tok_dir) if tok_dir else None
