@@ -4,7 +4,9 @@ generate from it. Not a test (tens of minutes, several GB): `nox -s real_size` r
     python benchmarks/real_size.py --model e2b-shape [--max-seq-len 256] [--out-dir DIR] [--json FILE]
 
 Steps, each in its own process (so each peak RSS is its own): `sizes` (the computed weight bytes), `export
---kv-cache --quant 8da4w --quant-embeddings 4w` (XNNPACK), `generate` 32 tokens (prefill ms, decode ms/token).
+--max_seq_len 256 --recipe xnnpack --qlinear 8da4w --qembedding 4w`, `generate` 32 tokens (prefill ms, decode
+ms/token), `benchmarks/runtime_figures.py` (decode vs eager and vs the memory-bandwidth bound, the seed form's
+per-token cost, runtime memory and the `.pte` pages resident), and with --validate `validate`.
 Prints a table and writes the figures as JSON; the README's real-size figures come from this script.
 """
 
@@ -41,6 +43,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--out-dir", type=Path, default=None, help="keep the program here (default: a temp dir)")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--no-eager", action="store_true", help="skip the eager decode comparison")
+    parser.add_argument("--validate", action="store_true", help="also time `validate` (eager models at size)")
     args = parser.parse_args()
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="gemma3n-real-size-"))
     pte = out_dir / f"{args.model}-kv{args.max_seq_len}-8da4w-4w.pte"
@@ -50,9 +54,8 @@ def main() -> None:
     (row,) = [r for r in json.loads(sizes.stdout) if (r["quant"], r["embeddings"]) == ("8da4w", "4w")]
     figures["computed_weight_bytes"] = row["bytes"]
 
-    export_args = ["export", "--model", args.model, "--kv-cache", "--max-seq-len", str(args.max_seq_len),
-                   "--backend", "xnnpack", "--quant", "8da4w", "--quant-embeddings", "4w",
-                   "--out", str(pte)]  # fmt: skip
+    export_args = ["export", "--model", args.model, "--max_seq_len", str(args.max_seq_len), "--recipe", "xnnpack",
+                   "--qlinear", "8da4w", "--qembedding", "4w", "--out", str(pte)]  # fmt: skip
     _, wall, peak = run([*CLI, *export_args])
     record = json.loads(pte.with_suffix(".json").read_text())
     figures["export"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2), "stages_s": record["seconds"],
@@ -66,6 +69,14 @@ def main() -> None:
     figures["generate"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2), "prompt_tokens": 16,
                            "prefill_ms": result["prefill_ms"], "decode_ms_per_token": result["decode_ms_per_token"],
                            "new_tokens": len(result["new_ids"])}  # fmt: skip
+    eager = [] if args.no_eager else ["--eager"]
+    runtime_args = [sys.executable, str(Path(__file__).with_name("runtime_figures.py")), str(pte), "--model",
+                    args.model, "--new-tokens", str(args.new_tokens), *eager]  # fmt: skip
+    runtime, _, _ = run(runtime_args)
+    figures["runtime"] = json.loads(runtime.stdout)
+    if args.validate:
+        _, wall, peak = run([*CLI, "validate", str(pte), "--json"])
+        figures["validate"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}
     print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2) + "\n")
