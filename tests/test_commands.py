@@ -290,3 +290,34 @@ def test_validate_truncated_file(portable_pte, tmp_path):
     truncated = tmp_path / "truncated.pte"
     truncated.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
     one_line_error(run_python([*CLI, "validate", str(truncated), "--model", "tiny"]), "truncated")
+
+
+def test_a_checkpoint_with_the_older_releases_name_for_the_per_layer_projection_loads_its_weight(
+    tiny_checkpoint, tmp_path
+):
+    """transformers 4.57.6 writes the per-layer projection as ``...per_layer_model.language_model_projection``
+    (reproduced: the tiny checkpoint saved on 4.57.6 has that key); 5.x reads such a file with the weight
+    missing. The loader takes it from the file under the old name: the real weight, not random init."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from gemma3n_export_fixes.models.sources import load_model
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
+
+    old = tmp_path / "old-name"
+    shutil.copytree(tiny_checkpoint, old)
+    (weights,) = old.glob("*.safetensors")
+    tensors = load_file(weights)
+    (key,) = [k for k in tensors if "per_layer_model" in k and k.endswith("projection.weight")]
+    tensors["model.language_model.per_layer_model.language_model_projection.weight"] = tensors.pop(key)
+    save_file(tensors, weights, metadata={"format": "pt"})
+    loaded = load_model(str(old))
+    expected = build_tiny_model().model.per_layer_model_projection.weight
+    assert torch_equal(loaded.model.model.per_layer_model_projection.weight, expected)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return bool(torch.equal(a.detach(), b.detach()))

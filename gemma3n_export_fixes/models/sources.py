@@ -134,6 +134,42 @@ def checkpoint_model_type(directory: Path) -> str:
 TOWER_PREFIXES = ("vision_tower", "audio_tower", "embed_vision", "embed_audio")
 
 
+#: Names older releases wrote for a weight, and the name it has now. transformers 4.57.6 (and 5.0.0rc1, as
+#: reported) save ``Gemma3nForCausalLM``'s per-layer projection as
+#: ``model.language_model.per_layer_model.language_model_projection.weight`` (their key conversion rewrites the
+#: ``model`` inside ``per_layer_model_projection``); later releases read that file with the weight missing and
+#: initialise it at random. ``tests/test_commands.py`` reproduces both halves.
+RENAMED_WEIGHTS = {"per_layer_model.language_model_projection": "per_layer_model_projection"}
+
+
+def repair_renamed(model: torch.nn.Module, directory: Path, info: dict[str, Any]) -> list[str]:
+    """Load each weight that ``info`` reports missing while the file holds it under an older release's name
+    (:data:`RENAMED_WEIGHTS`); drop both from ``info``. Returns the repaired parameter names."""
+    import torch
+    from safetensors import safe_open
+
+    repaired = []
+    params = dict(model.named_parameters())
+    for missing in list(info.get("missing_keys", [])):
+        for old, new in RENAMED_WEIGHTS.items():
+            if new not in missing or missing not in params:
+                continue
+            suffix = missing.split(new, 1)[1]  # ".weight"
+            wanted = f"{old}{suffix}"
+            for file in sorted(directory.glob("*.safetensors")):
+                with safe_open(str(file), framework="pt") as handle:
+                    key = next((k for k in handle.keys() if k.endswith(wanted)), None)  # noqa: SIM118
+                    if key is None:
+                        continue
+                    with torch.no_grad():
+                        params[missing].copy_(handle.get_tensor(key).to(params[missing].dtype))
+                info["missing_keys"] = [k for k in info["missing_keys"] if k != missing]
+                info["unexpected_keys"] = [k for k in info.get("unexpected_keys", []) if not k.endswith(wanted)]
+                repaired.append(missing)
+                break
+    return repaired
+
+
 def refuse_incomplete(directory: Path, info: dict[str, Any]) -> None:
     """``UserError`` when loading left weights randomly initialised (missing or mismatched) or skipped weights
     that are not the vision/audio towers: an export of such a model computes a function nobody trained."""
@@ -181,6 +217,8 @@ def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> Lo
             raise
         except Exception as exc:  # corrupt safetensors, bad config values, ...: all the user's checkpoint
             raise UserError(f"{directory}: cannot load the checkpoint ({first_line(exc)})") from None
+        info = {k: list(v) for k, v in info.items() if isinstance(v, (list, set, tuple))}
+        repair_renamed(model, directory, info)
         refuse_incomplete(directory, info)
         model = model.eval()
     return LoadedModel(model=model, source=source_spec(spec), config=_text_config_dict(model))
