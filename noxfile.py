@@ -6,6 +6,8 @@ nox -s "tests(tf4.57.6-et1.5.1)"    # one row
 nox -s matrix                       # `check --json` on every "grid" row -> matrix/results/<id>.json
 nox -s "matrix(tf5.6.0-et1.5.1)"    # one cell; `-- --force` re-runs a cell whose result is current,
                                     # `-- --heavy` lets a "heavy" row (another torch: multi-GB) run
+nox -s "matrix(tf-next-et1.5.1)" -- --next   # the newest transformers (pre-releases too) at run time: drop
+                                    # candidates in matrix/README.md before anyone reads a changelog
 nox -s matrix -t smoke              # the smoke rows (CI)
 nox -s matrix_report                # matrix/README.md + matrix/heatmap.svg from the results
 nox -s "real_size(e2b-shape)"       # benchmark (not CI): E2B export KV 256 8da4w + 4w, then generate; figures JSON
@@ -84,6 +86,8 @@ def matrix(session: nox.Session, row: dict) -> None:
 
     if "heavy" in row["tags"] and "--heavy" not in session.posargs:
         session.skip(f"{row['id']} is a heavy row (torch {row['torch']}); run it with -- --heavy")
+    if "next" in row["tags"] and "--next" not in session.posargs:
+        session.skip(f"{row['id']} installs the newest transformers the registry serves today; run it with -- --next")
     if is_current(row) and "--force" not in session.posargs:
         session.skip(f"{row['id']}: stored result is current (inputs {inputs_hash(row)[:12]}); -- --force re-runs")
     record = run_cell(row, ROOT / ".nox" / f"matrix-{row['id']}", log=session.log)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from matrix.grid import ROOT, Row, inputs_hash, pins, result_path
+from matrix.grid import ROOT, Row, inputs_hash, install_flags, pins, result_path
 
 Log = Callable[[str], None]
 
@@ -46,16 +46,19 @@ def _create_venv(row: Row, venv: Path, log: Log) -> Path:
         shutil.rmtree(venv)
     uv = shutil.which("uv")
     requirements = [*pins(row), str(ROOT)]
+    flags = install_flags(row)
     if uv:
         log(f"uv venv {venv} ({python})")
         subprocess.run([uv, "venv", "-q", "-p", python, str(venv)], check=True)
         links = [arg for link in _pip_find_links() for arg in ("--find-links", link)]
-        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *links, *requirements],
-                       check=True)  # fmt: skip
+        uv_flags = ["--prerelease", "allow"] if flags else []
+        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *links, *uv_flags,
+                        *requirements], check=True)  # fmt: skip
     else:
         log(f"python -m venv {venv} ({python}); pip install {' '.join(pins(row))} .")
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *requirements], check=True)
+        subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", *flags, *requirements],
+                       check=True)  # fmt: skip
     return venv / "bin" / "gemma3n-export-fixes"
 
 

@@ -59,9 +59,30 @@ def default_stack(rows: list[Row] | None = None) -> Row:
     return row
 
 
+#: The ``transformers`` value of the "next" row: whatever newest release (pre-releases included) the registry
+#: serves when the cell runs. Its result names the version it got; it is never current (the registry moves).
+NEXT = "next"
+
+
+def is_next(row: Row) -> bool:
+    return row["transformers"] == NEXT
+
+
 def pins(row: Row) -> list[str]:
-    """pip requirements pinning the row's stack."""
-    return [f"{name}=={row[name]}" for name in STACK]
+    """pip requirements pinning the row's stack (the "next" row's transformers: unpinned, see ``install_flags``)."""
+    return [name if row[name] == NEXT else f"{name}=={row[name]}" for name in STACK]
+
+
+def install_flags(row: Row) -> list[str]:
+    """Extra pip flags for the row: the "next" row admits pre-releases."""
+    return ["--pre"] if is_next(row) else []
+
+
+def release_of(row: Row, result: dict[str, Any] | None = None) -> str:
+    """The transformers release a row's result was produced on (the "next" row: the one it installed)."""
+    if is_next(row):
+        return str(((result or {}).get("versions") or {}).get("transformers") or NEXT)
+    return str(row["transformers"])
 
 
 def package_files(root: Path = ROOT) -> list[Path]:
@@ -93,5 +114,7 @@ def load_result(row: Row) -> dict[str, Any] | None:
 
 def is_current(row: Row) -> bool:
     """The stored result was produced from these pins and this package source."""
+    if is_next(row):
+        return False
     result = load_result(row)
     return bool(result) and result.get("cell", {}).get("inputs_hash") == inputs_hash(row)

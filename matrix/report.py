@@ -14,7 +14,7 @@ from typing import Any
 
 from packaging.version import Version
 
-from matrix.grid import HERE, Row, is_current, load_result, load_rows
+from matrix.grid import HERE, Row, is_current, is_next, load_result, load_rows, release_of
 
 README = HERE / "README.md"
 HEATMAP = HERE / "heatmap.svg"
@@ -27,9 +27,12 @@ def _patches() -> list[Any]:
 
 
 def evidence(rows: list[Row]) -> list[tuple[Row, dict[str, Any]]]:
-    """(row, result) for every row with a stored result that got as far as the reproducers."""
+    """(row, result) for every pinned row with a stored result that got as far as the reproducers (the "next"
+    row is news, not evidence for the declared ranges: see ``next_lines``)."""
     found = []
     for row in rows:
+        if is_next(row):
+            continue
         result = load_result(row)
         if result and result.get("patches"):
             found.append((row, result))
@@ -135,6 +138,27 @@ def verdict(patch: Any, found: list[tuple[Row, dict[str, Any]]]) -> str:
     )
 
 
+def next_lines(rows: list[Row]) -> list[str]:
+    """Per patch, what the "next" row (the newest transformers at run time) says: drop candidate or not."""
+    lines = []
+    for row in rows:
+        result = load_result(row) if is_next(row) else None
+        if not result or not result.get("patches"):
+            continue
+        release, when = release_of(row, result), result.get("cell", {}).get("ran_at", "?")[:10]
+        lines += ["", f"## Next: transformers {release} (the newest the registry served on {when})", ""]
+        for p in result["patches"]:
+            shown = bool(p["upstream"]["bug"])
+            if p["state"] == "applied" and not shown:
+                lines.append(f"- **{p['id']}**: fixed upstream in {release}: drop candidate (the reproducer no "
+                             "longer shows the bug on upstream code; end the declared range before it)")  # fmt: skip
+            elif shown:
+                lines.append(f"- **{p['id']}**: still needed on {release} ({p['state']}, {p['verdict']})")
+            else:
+                lines.append(f"- **{p['id']}**: not needed on {release} ({p['state']})")
+    return lines
+
+
 def _upstream_link(patch: Any) -> str:
     """Where the upstream side of a patch is written down: its PR draft or its fixed-upstream record."""
     draft = HERE.parent / "upstream_prs" / patch.id / "PR.md"
@@ -191,11 +215,12 @@ def markdown(rows: list[Row]) -> str:
     problems = disagreements(found) + kv_disagreements(found)
     lines += ["", "Registry vs evidence: " + ("agree on every row." if not problems else "DISAGREE:")]
     lines += [f"- {problem}" for problem in problems]
+    lines += next_lines(rows)
     header = ["row", "torch", "executorch", "transformers", *[p.id for p in patches], *EXPORT_COLUMNS, "check"]
     lines += ["", "## Cells", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         result = load_result(row)
-        cells = [row["id"], row["torch"], row["executorch"], row["transformers"]]
+        cells = [row["id"], row["torch"], row["executorch"], release_of(row, result)]
         if not result:
             cells += ["no result"] * (len(patches) + len(EXPORT_COLUMNS)) + [", ".join(row["tags"])]
         elif not result.get("patches"):
@@ -206,7 +231,7 @@ def markdown(rows: list[Row]) -> str:
             cells += [_cell(by_id[p.id]) if p.id in by_id else "-" for p in patches]
             cells += [_export_cell(result, name) for name in EXPORT_COLUMNS]
             cell = result["cell"]
-            older = "" if is_current(row) else ", *older package*"
+            older = ", next (not pinned)" if is_next(row) else "" if is_current(row) else ", *older package*"
             cells.append(
                 f"{'OK' if result['ok'] else 'FAILED'}, {cell['ran_at'][:10]}, {cell['check_seconds']:.0f} s{older}"
             )

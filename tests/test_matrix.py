@@ -22,6 +22,8 @@ def test_grid_rows_are_explicit_and_the_default_stack_is_one_of_them():
     for row in rows:
         if "heavy" in row["tags"]:
             assert row["torch"] != "2.13.0" and "grid" not in row["tags"], row["id"]
+        elif row["transformers"] == "next":
+            assert row["id"] == f"tf-next-et{row['executorch']}" and row["tags"] == ["next"]
         else:
             assert row["id"] == f"tf{row['transformers']}-et{row['executorch']}"
             assert row["torch"] == "2.13.0" and "grid" in row["tags"]
@@ -108,3 +110,28 @@ def test_kv_disagreements_catch_a_wrong_boundary():
 
 def test_matrix_readme_is_generated_from_the_results():
     assert (ROOT / "matrix" / "README.md").read_text() == markdown(load_rows()), "run `nox -s matrix_report`"
+
+
+def test_the_next_row_reports_a_drop_candidate_and_is_never_evidence():
+    """A "next" result whose reproducer no longer shows a bug on upstream code names the release it installed;
+    it never counts toward (or against) the declared ranges, and it is never current."""
+    from matrix import grid
+    from matrix.report import next_lines
+
+    (row,) = [r for r in load_rows() if r["transformers"] == "next"]
+    assert not grid.is_current(row) and grid.install_flags(row) == ["--pre"] and "transformers" in grid.pins(row)
+    result = {"versions": {"transformers": "5.30.0.dev0"}, "cell": {"ran_at": "2026-12-01T00:00:00"}, "patches": [
+        {"id": "gaussian-topk", "state": "applied", "verdict": "fixed", "upstream": {"bug": False}},
+        {"id": "altup-clamp", "state": "not-needed", "verdict": "not-needed", "upstream": {"bug": False}},
+    ]}  # fmt: skip
+    original = grid.load_result
+    try:
+        import matrix.report as report
+
+        report.load_result = lambda r: result if r is row else original(r)
+        text = "\n".join(next_lines([row]))
+        assert "gaussian-topk**: fixed upstream in 5.30.0.dev0: drop candidate" in text
+        assert "altup-clamp**: not needed on 5.30.0.dev0" in text
+        assert row not in [r for r, _ in evidence([row])]
+    finally:
+        report.load_result = original
