@@ -114,8 +114,9 @@ def test_generate_from_token_ids_equals_eager_greedy(kv_programs, gemma3n_module
     # prefill and decode are timed apart: one prefill of the prompt, then one step per further token
     assert out["prefill_ms"] > 0 and out["decode_ms_per_token"] > 0 and out["decode_steps"] == 24 - 1
     plain = run_python([*CLI, "generate", str(kv_programs / "tiny-kv-portable.pte"), "--ids", "5,17,42,99",
-                        "--max-new-tokens", "3"])  # fmt: skip
+                        "--max-new-tokens", "3", "--threads", "1"])  # fmt: skip
     assert plain.returncode == 0 and plain.stdout.split() == [str(t) for t in out["new_ids"][:3]]
+    assert "; 1 runtime thread" in plain.stderr and 1 <= out["threads"] <= 64  # the pool size is reported
 
 
 @pytest.mark.slow
@@ -128,8 +129,9 @@ def test_generate_from_token_ids_equals_eager_greedy(kv_programs, gemma3n_module
         ("tiny-kv-portable.pte", ["--ids", "1,999"], "outside the program's vocabulary of 256"),
         ("tiny-kv-portable.pte", ["--ids", "1,x"], "--ids must be non-negative integers"),
         ("tiny-kv-portable.pte", ["--ids", "1", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        ("tiny-kv-portable.pte", ["--ids", "1", "--threads", "0"], "--threads must be at least 1"),
     ],
-    ids=["fixed-window", "no-tokenizer", "too-long", "vocab", "bad-ids", "zero-tokens"],
+    ids=["fixed-window", "no-tokenizer", "too-long", "vocab", "bad-ids", "zero-tokens", "zero-threads"],
 )
 def test_generate_bad_input(kv_programs, program, args, fragment):
     one_line_error(run_python([*CLI, "generate", str(kv_programs / program), *args]), fragment)

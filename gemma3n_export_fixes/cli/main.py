@@ -99,10 +99,11 @@ def _vs_float(diff: float | None, top1: float | None) -> str:
 def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.options import ExportOptions
     from gemma3n_export_fixes.export.writing import read_sidecar
-    from gemma3n_export_fixes.runtime.loading import is_kv_program, load_forward, load_program
+    from gemma3n_export_fixes.runtime.loading import is_kv_program, load_forward, load_program, set_threads
     from gemma3n_export_fixes.runtime.validation import reference_models, validate, validate_kv
 
     pte = Path(args.pte)
+    threads = set_threads(args.threads)
     program = load_program(pte)
     record = read_sidecar(pte) or {}
     model = args.model or record.get("model")
@@ -118,7 +119,8 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
         con.progress(f"validating {pte}: teacher-forced logits and greedy tokens vs eager generate ...")
         kv = validate_kv(program, loaded, kind=kind, float_model=float_model)
         if args.json:
-            _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "kv-cache", **kv.to_dict()})
+            _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "kv-cache", "threads": threads,
+                              **kv.to_dict()})  # fmt: skip
         else:
             where = (
                 ""
@@ -131,13 +133,14 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
                 f"(sliding window {kv.sliding_window}, cache {kv.max_seq_len}) vs eager {model} generate: "
                 f"max abs diff {kv.max_abs_diff:.3g} (tolerance {kv.tolerance:g}), top-1 agreement "
                 f"{kv.top1_agreement:.1%} (minimum {kv.min_top1:.0%}), greedy tokens "
-                f"{'identical' if kv.tokens_match else 'differ'}{where}; runtime {kv.runtime_ms_per_token:.2f} ms/token"
-                + _vs_float(kv.float_max_abs_diff, kv.float_top1_agreement)
+                f"{'identical' if kv.tokens_match else 'differ'}{where}; runtime {kv.runtime_ms_per_token:.2f} "
+                f"ms/token, {threads} thread(s)" + _vs_float(kv.float_max_abs_diff, kv.float_top1_agreement)
             )
         return 0 if kv.ok else 1
     result = validate(load_forward(program, pte), loaded, kind=kind, float_model=float_model)
     if args.json:
-        _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "fixed-window", **result.to_dict()})
+        _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "fixed-window", "threads": threads,
+                          **result.to_dict()})  # fmt: skip
     else:
         con.print(
             f"{pte}: {'OK' if result.ok else 'MISMATCH'}: max abs diff {result.max_abs_diff:.3g} "
@@ -154,7 +157,7 @@ def _cmd_generate(args: argparse.Namespace, con: Console) -> int:
 
     result = generate_from_pte(
         Path(args.pte), ids=args.ids, prompt=args.prompt, tokenizer=args.tokenizer,
-        max_new_tokens=args.max_new_tokens,
+        max_new_tokens=args.max_new_tokens, threads=args.threads,
     )  # fmt: skip
     if args.json:
         _print_json(con, result)
@@ -167,6 +170,8 @@ def _cmd_generate(args: argparse.Namespace, con: Console) -> int:
             f"{len(result['new_ids'])} new tokens: prefill {len(result['prompt_ids'])} tokens in "
             f"{result['prefill_ms']:.1f} ms; decode "
             + (f"{per_token:.2f} ms/token over {result['decode_steps']} steps" if per_token is not None else "-")
+            + f"; {result['threads']} runtime thread{'s' if result['threads'] != 1 else ''}"
+            + (f"; stopped at EOS id {result['new_ids'][-1]}" if result["stopped_at_eos"] else "")
         )
     return 0
 
@@ -210,6 +215,12 @@ def _cmd_check(args: argparse.Namespace, con: Console) -> int:
         write_json(record, Path(args.json))
         con.print(f"wrote {args.json}")
     return 0 if record["ok"] else 1
+
+
+THREADS_HELP = (
+    "threads of the ExecuTorch runtime's pool (default: the cores not kept busy by other processes, "
+    "at least 1: XNNPACK's pool spins while it waits, so more threads than idle cores is slower)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("pte", metavar="FILE.pte")
     validate.add_argument("--model", help="tiny, e2b-shape, e4b-shape or a checkpoint directory")
     validate.add_argument("--json", action="store_true", help="print a JSON record")
+    validate.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     validate.set_defaults(func=_cmd_validate)
 
     generate = sub.add_parser(
@@ -341,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--max-new-tokens", type=int, default=32, help="default: 32 (stops early at EOS when "
                           "a tokenizer is known)")  # fmt: skip
     generate.add_argument("--json", action="store_true", help="print a JSON record")
+    generate.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
     generate.set_defaults(func=_cmd_generate)
 
     sizes = sub.add_parser(

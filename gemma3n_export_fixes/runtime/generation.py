@@ -48,17 +48,18 @@ def load_tokenizer(directory: Path) -> Any:
 
 def generate_from_pte(
     pte: Path, ids: str | None = None, prompt: str | None = None, tokenizer: str | None = None,
-    max_new_tokens: int = 32,
+    max_new_tokens: int = 32, threads: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Greedy decoding from a KV-cache program; returns the record the CLI prints."""
     require("executorch", "generate", "executorch")
     from gemma3n_export_fixes.export.writing import read_sidecar
     from gemma3n_export_fixes.runtime.decoding import program_eos_ids, runtime_decoder
-    from gemma3n_export_fixes.runtime.loading import is_kv_program, load_program
+    from gemma3n_export_fixes.runtime.loading import is_kv_program, load_program, set_threads
 
     if max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
     prompt_ids = parse_ids(ids) if ids is not None else None
+    pool = set_threads(threads)
     program = load_program(pte)
     if not is_kv_program(program):
         raise UserError(
@@ -94,6 +95,7 @@ def generate_from_pte(
         "prefill_ms": round(result.prefill_ms, 3),
         "decode_ms_per_token": None if per_token is None else round(per_token, 3),
         "decode_steps": len(result.decode_ms),
+        "threads": pool,
         "eos_ids": sorted(eos),
         "stopped_at_eos": bool(result.tokens) and result.tokens[-1] in eos,
     }

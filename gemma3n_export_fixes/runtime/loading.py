@@ -60,6 +60,34 @@ def load_program(path: Path) -> Any:
     return program
 
 
+def auto_threads() -> int:
+    """Threads for the runtime's pool: the cores this process may use, less those other processes keep busy
+    (1-minute load average), at least 1. XNNPACK's pool spins while it waits: a pool larger than the idle
+    cores makes every call wait for a descheduled thread (see ``benchmarks/threads.py``)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        busy = round(os.getloadavg()[0])
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
+
+
+def set_threads(threads: int | None) -> int:
+    """Size the ExecuTorch runtime's thread pool (``None``: :func:`auto_threads`); returns the size in force."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    require("executorch", "running a .pte", "executorch")
+    from executorch.extension.pybindings import portable_lib
+
+    wanted = threads or auto_threads()
+    with runtime_errors("cannot size the ExecuTorch thread pool"):
+        if portable_lib._threadpool_get_thread_count() != wanted:
+            portable_lib._unsafe_reset_threadpool(wanted)
+        return int(portable_lib._threadpool_get_thread_count())
+
+
 def load_forward(program: Any, path: Path) -> Any:
     """The program's ``forward`` method, ready to execute."""
     with runtime_errors(f"{path}: not a loadable ExecuTorch program"):
