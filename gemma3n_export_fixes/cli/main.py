@@ -66,10 +66,10 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
         seq_len=args.seq_len, dtype=args.dtype, backend=args.backend, quant=args.quant,
         quant_embeddings=args.quant_embeddings, kv_cache=not args.fixed_window, max_seq_len=args.max_seq_len,
     )  # fmt: skip
-    versions = stack_versions()
-    options.check(versions["transformers"])  # before the model loads: bad options cost nothing
     out = Path(args.out)
     check_out_path(out)
+    versions = stack_versions()
+    options.check(versions["transformers"])  # before the model loads: bad options cost nothing
     import_gemma3n(versions)
     from gemma3n_export_fixes.export.memory import check_fits
 
