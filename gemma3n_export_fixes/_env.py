@@ -5,6 +5,8 @@
 - ``GEMMA3N_EXPORT_FIXES_DISABLE=gaussian-topk,altup-clamp``: the automatic patching leaves the named patches
   out (comma or space separated; ``status`` reports them ``disabled``). Like OpenTelemetry's
   ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``; an explicit ``apply(["gaussian-topk"])`` still applies one.
+- ``GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS=0``: ``export --recipe xnnpack`` lowers the graph as ``torch.export`` left
+  it, without the XNNPACK-friendly rewrites of ``export/xnnpack_forms.py`` (for comparison, or if one misbehaves).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 
 ENV_VAR = "GEMMA3N_EXPORT_FIXES"
 DISABLE_VAR = "GEMMA3N_EXPORT_FIXES_DISABLE"
+FORMS_VAR = "GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS"
 _OFF_VALUES = frozenset({"0", "false", "no", "off", "disable", "disabled"})
 
 
@@ -25,3 +28,8 @@ def disabled_patches() -> frozenset[str]:
     """The patch ids ``GEMMA3N_EXPORT_FIXES_DISABLE`` names (unknown ids are kept: the engine reports them)."""
     text = os.environ.get(DISABLE_VAR, "")
     return frozenset(part for part in text.replace(",", " ").split() if part)
+
+
+def xnnpack_forms_enabled() -> bool:
+    """False when ``GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS`` turns the XNNPACK graph rewrites off."""
+    return os.environ.get(FORMS_VAR, "").strip().lower() not in _OFF_VALUES

@@ -100,7 +100,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     options.check(versions["transformers"] or "0")
     check_out_path(out)
     import torch
-    from executorch.exir import to_edge, to_edge_transform_and_lower
+    from executorch.exir import to_edge
 
     timer = StageTimer(progress)
     model = loaded.model
@@ -110,6 +110,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     with timer.stage("quantize", what):
         quantized = quantize(model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
     methods: dict[str, Any] = {}
+    lowering: dict[str, Any] = {}
     if options.kv_cache:
         with timer.stage("export", f"torch.export(strict=True), static KV cache of {options.max_seq_len}"):
             exported = kvcache.export_program(model, options.max_seq_len)
@@ -119,12 +120,12 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
         with timer.stage("export", "torch.export(strict=False)"):
             exported = torch.export.export(TextOnlyLogits.wrap(model), example, strict=False)
     if options.backend == "xnnpack":
-        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from gemma3n_export_fixes._env import xnnpack_forms_enabled
+        from gemma3n_export_fixes.export.lowering import lower_to_xnnpack
 
         with timer.stage("lower", "to_edge_transform_and_lower(XnnpackPartitioner)"):
-            edge = to_edge_transform_and_lower(
-                exported, partitioner=[XnnpackPartitioner()], constant_methods=methods or None
-            )
+            edge, lowering = lower_to_xnnpack(exported, methods, forms=xnnpack_forms_enabled())
+        progress(f"  lower: {lowering['partitions']} XNNPACK partitions")
     else:
         with timer.stage("lower", "to_edge (portable kernels)"):
             edge = to_edge(exported, constant_methods=methods or None)
@@ -150,6 +151,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
             "patches": [s.to_dict() for s in gx.status()],
             "pte": {"path": str(out.resolve()), "bytes": size, "sha256": sha256},
             "seconds": timer.seconds,
+            "lowering": lowering,
             "peak_rss_mb": peak_rss_mb(),
             "memory": plan(loaded.source, options).to_dict(),
         }

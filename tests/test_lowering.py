@@ -1,0 +1,137 @@
+"""The XNNPACK lowering: graph rewrites into forms XNNPACK delegates, and ExecuTorch validating once.
+
+Small modules made of exactly the ops Gemma 3n leaves outside the delegate, lowered for real with
+``XnnpackPartitioner`` (forms on and off), run in the ExecuTorch runtime and compared with eager PyTorch.
+The whole-model checks are the export tests: every XNNPACK program they validate is lowered this way.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("executorch", reason="executorch is not installed")
+
+from gemma3n_export_fixes.export.lowering import (  # noqa: E402
+    delegate_count,
+    lower_to_xnnpack,
+    validate_once,
+    validate_once_applies,
+)
+
+
+class GemmaShapedOps(torch.nn.Module):
+    """RMSNorm (pow 2, mean over the last dim, pow -0.5), AltUp's select and ``[1:] +=``, RoPE's unsqueeze,
+    a same-shape expand and a multiply by 1.0, between linears (so each op that stays out splits the graph)."""
+
+    def __init__(self, hidden: int = 16) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(hidden, hidden)
+        self.b = torch.nn.Linear(hidden, hidden)
+        self.c = torch.nn.Linear(hidden, hidden)
+        self.cos = torch.nn.Buffer(torch.linspace(-1, 1, hidden))
+
+    @staticmethod
+    def norm(x: torch.Tensor) -> torch.Tensor:
+        return x * torch.pow(x.pow(2).mean(-1, keepdim=True) + 1e-6, -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [4, 1, seq, hidden]
+        h = self.norm(self.a(x[0]))  # select, rank-3 norm
+        heads = self.norm(self.b(h).view(1, h.shape[1], 2, -1))  # rank-4 norm over the last dim
+        rotated = heads * self.cos.view(2, -1).unsqueeze(0).unsqueeze(1)  # unsqueeze off the trailing dim
+        h = self.c(rotated.reshape(h.shape)).expand(h.shape) * 1.0
+        stacked = x.clone()
+        stacked[1:] += h
+        return self.a(stacked)
+
+
+def _lowered(forms: bool, dynamic: bool) -> tuple[int, torch.Tensor, torch.Tensor]:
+    from executorch.runtime import Runtime
+
+    torch.manual_seed(0)
+    module = GemmaShapedOps().eval()
+    x = torch.randn(4, 1, 6, 16)
+    shapes = {"x": {2: torch.export.Dim("seq", min=2, max=8)}} if dynamic else None
+    exported = torch.export.export(module, (x,), dynamic_shapes=shapes, strict=False)
+    edge, record = lower_to_xnnpack(exported, forms=forms)
+    assert record["partitions"] == delegate_count(edge)
+    program = Runtime.get().load_program(edge.to_executorch().buffer)
+    (got,) = program.load_method("forward").execute([x])
+    with torch.no_grad():
+        expected = module(x)
+    return record["partitions"], got, expected
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-seq"])
+def test_forms_lower_in_one_partition_with_the_same_values(dynamic):
+    upstream, got_upstream, expected = _lowered(forms=False, dynamic=dynamic)
+    ours, got, _ = _lowered(forms=True, dynamic=dynamic)
+    assert upstream > 1, "the upstream graph no longer splits here: the rewrites may be obsolete"
+    assert ours < upstream
+    if not dynamic:
+        assert ours == 1
+    assert torch.allclose(got, expected, atol=1e-5), float((got - expected).abs().max())
+    assert torch.allclose(got_upstream, expected, atol=1e-5)
+
+
+def test_validate_once_patches_only_while_lowering_and_restores_the_original():
+    from executorch.exir.backend import utils as backend_utils
+
+    assert validate_once_applies(), "ExecuTorch's duplicate_constant_node changed: re-check validate_once"
+    original = backend_utils.duplicate_constant_node
+    with validate_once() as patched:
+        assert patched
+        assert backend_utils.duplicate_constant_node is not original
+    assert backend_utils.duplicate_constant_node is original
+
+
+class SharedConstant(torch.nn.Module):
+    """One weight used by two partitions (an op XNNPACK refuses sits between them): ExecuTorch copies it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.proj(x)
+        y = torch.cumsum(y, dim=-1)  # not delegated: splits the graph
+        return self.proj(y)
+
+
+def test_shared_constants_are_copied_without_per_copy_validation_and_validated_once():
+    from executorch.runtime import Runtime
+    from torch.export import ExportedProgram
+
+    calls = {"n": 0}
+    original = ExportedProgram._validate
+
+    def counting(self):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        return original(self)
+
+    module = SharedConstant().eval()
+    x = torch.randn(2, 8)
+    counts = []
+    for once in (False, True):
+        exported = torch.export.export(module, (x,), strict=False)
+        ExportedProgram._validate = counting
+        try:
+            calls["n"] = 0
+            if once:
+                edge, record = lower_to_xnnpack(exported, forms=False)
+                assert record["validate_once"]
+            else:
+                from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+                from executorch.exir import to_edge_transform_and_lower
+
+                edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+        finally:
+            ExportedProgram._validate = original
+        counts.append(calls["n"])
+        assert delegate_count(edge) == 2
+        (got,) = Runtime.get().load_program(edge.to_executorch().buffer).load_method("forward").execute([x])
+        with torch.no_grad():
+            assert torch.allclose(got, module(x), atol=1e-5)
+    upstream, once = counts
+    assert once < upstream  # the per-copy validations are gone ...
+    assert once >= 1  # ... and the program is still validated
