@@ -37,7 +37,7 @@ class GemmaShapedOps(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [4, 1, seq, hidden]
         h = self.norm(self.a(x[0]))  # select, rank-3 norm
-        heads = self.norm(self.b(h).view(1, h.shape[1], 2, -1))  # rank-4 norm over the last dim
+        heads = self.norm(self.b(h).view(1, h.shape[1], 2, h.shape[-1] // 2))  # rank-4 norm over the last dim
         rotated = heads * self.cos.view(2, -1).unsqueeze(0).unsqueeze(1)  # unsqueeze off the trailing dim
         h = self.c(rotated.reshape(h.shape)).expand(h.shape) * 1.0
         stacked = x.clone()

@@ -43,10 +43,11 @@ def _silent(_: str) -> None:
 
 @dataclass
 class StageTimer:
-    """Wall time per stage, reported through ``progress`` as each stage starts and ends."""
+    """Wall time per stage, and the process's peak RSS when it ends, reported through ``progress``."""
 
     progress: Progress = _silent
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_mb: dict[str, float | None] = field(default_factory=dict)
 
     @contextmanager
     def stage(self, name: str, what: str) -> Iterator[None]:
@@ -54,7 +55,10 @@ class StageTimer:
         start = time.perf_counter()
         yield
         self.seconds[name] = round(time.perf_counter() - start, 3)
-        self.progress(f"  {name}: done in {self.seconds[name]:.1f} s")
+        self.peak_rss_mb[name] = peak = peak_rss_mb()
+        self.progress(
+            f"  {name}: done in {self.seconds[name]:.1f} s" + (f", peak RSS {peak / 1e3:.1f} GB" if peak else "")
+        )
 
 
 def peak_rss_mb() -> float | None:
@@ -153,6 +157,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
             "seconds": timer.seconds,
             "lowering": lowering,
             "peak_rss_mb": peak_rss_mb(),
+            "peak_rss_mb_after": timer.peak_rss_mb,
             "memory": plan(loaded.source, options).to_dict(),
         }
         source_tokenizer = Path(loaded.source) / "tokenizer.json"

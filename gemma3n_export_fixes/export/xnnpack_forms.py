@@ -9,6 +9,8 @@ In Gemma 3n most of those ops are value-preserving forms XNNPACK happens not to 
   that 4-D mean (XNNPACK's global average pooling), and a view back;
 - ``select(x, dim, i)`` -> ``slice(x, dim, i, i + 1)`` + a view that drops ``dim`` (pure data movement);
 - ``unsqueeze(x, d)`` off the trailing dimension (RoPE's ``cos.unsqueeze(2)``) -> a view;
+- ``view(x, [1, s, 2, 64])`` with one symbolic size ``s`` -> ``view(x, [1, -1, 2, 64])`` (XNNPACK refuses
+  symbolic sizes in a reshape, not an inferred one);
 - ``slice_scatter`` along a static dimension (AltUp's ``corrected[1:] += ...``) -> ``cat`` of the kept slices
   and the source;
 - ``expand`` to the shape it already has, ``x * 1.0`` (``mul.Scalar``) and ``copy(x, src)`` with ``src`` of
@@ -61,20 +63,29 @@ class XnnpackForms(ExportPass):
             return super().call_operator(aten.rsqrt.default, (args[0],), {}, meta)
         if op == aten.mul.Scalar and args[1] == 1 and not isinstance(args[1], bool):
             return args[0] if args[0].to_tensor().dtype.is_floating_point else None
-        if op == aten.expand_copy.default and list(args[0].to_tensor().shape) == list(meta["val"].shape):
-            return args[0] if all(_is_static(s) for s in meta["val"].shape) else None
+        if op == aten.expand_copy.default and all(_is_static(s) for s in meta["val"].shape):
+            return args[0] if list(args[0].to_tensor().shape) == list(meta["val"].shape) else None
         if op == aten.copy.default and not kwargs.get("non_blocking") and _same_static(args[0], args[1]):
             return args[1]
         if op == aten.mean.dim:
             return self._pooled_mean(args, kwargs, meta)
         if op == aten.select_copy.int:
             return self._sliced_select(args, meta)
+        if op == aten.view_copy.default:
+            return self._inferred_view(args, kwargs, meta)
         if op == aten.unsqueeze_copy.default:
             shape = _view_shape(list(meta["val"].shape))
             return None if shape is None else super().call_operator(aten.view_copy.default, (args[0], shape), {}, meta)
         if op == aten.slice_scatter.default:
             return self._concatenated_scatter(args, kwargs, meta)
         return None
+
+    def _inferred_view(self, args, kwargs, meta):  # type: ignore[no-untyped-def]
+        sizes = list(args[1])
+        if all(_is_static(s) for s in sizes) or any(_is_static(s) and s == -1 for s in sizes):
+            return None
+        shape = _view_shape(sizes)
+        return None if shape is None else super().call_operator(aten.view_copy.default, (args[0], shape), kwargs, meta)
 
     def _concatenated_scatter(self, args, kwargs, meta):  # type: ignore[no-untyped-def]
         values = dict(zip(("dim", "start", "end", "step"), args[2:], strict=False)) | kwargs
