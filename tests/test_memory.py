@@ -28,7 +28,7 @@ def test_a_job_that_cannot_fit_is_refused_with_the_prediction_and_what_fits(gemm
         check_fits("e2b-shape", FLOAT, available=int(24 * GB))
     message = str(refused.value)
     assert "\n" not in message and "e2b-shape with these options needs about" in message
-    assert "24.0 GB available" in message and "--quant 8da4w --quant-embeddings 4w needs" in message
+    assert "24.0 GB available" in message and "--qlinear 8da4w --qembedding 4w needs" in message
     with pytest.raises(UserError, match="no option fits this machine"):
         check_fits("e2b-shape", FLOAT, available=int(2 * GB))
     assert check_fits("tiny", FLOAT, available=int(24 * GB)).predicted_peak < 2 * GB

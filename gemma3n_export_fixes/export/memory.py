@@ -130,7 +130,7 @@ def check_fits(spec: str, options: ExportOptions, available: int | None = None) 
     smallest = replace(options, backend="xnnpack", quant="8da4w", quant_embeddings="4w", dtype="float32")
     alternative = plan(spec, smallest)
     hint = (
-        f"--backend xnnpack --quant 8da4w --quant-embeddings 4w needs {alternative.predicted_peak / GB:.1f} GB"
+        f"--recipe xnnpack --qlinear 8da4w --qembedding 4w needs {alternative.predicted_peak / GB:.1f} GB"
         if alternative.predicted_peak <= available
         else "no option fits this machine: use one with more memory"
     )
