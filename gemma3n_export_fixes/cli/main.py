@@ -96,6 +96,29 @@ def _vs_float(diff: float | None, top1: float | None) -> str:
     )
 
 
+def _validation_fits(model: str, options: Any, pte: Path, con: Console) -> bool:
+    """Whether the float comparison fits in memory too; ``UserError`` (one line) when not even the reference
+    does. Said before any model is built."""
+    from gemma3n_export_fixes.export.memory import GB, available_bytes, validation_peaks
+
+    with_float, without = validation_peaks(model, options, pte.stat().st_size)
+    available = available_bytes()
+    if available is None or with_float <= available or not options.quantized:
+        if available is not None and without > available:
+            raise UserError(f"validating {pte} needs about {without / GB:.1f} GB; {available / GB:.1f} GB available")
+        return True
+    if without > available:
+        raise UserError(
+            f"validating {pte} needs about {without / GB:.1f} GB ({with_float / GB:.1f} GB with the float "
+            f"comparison); this machine has {available / GB:.1f} GB available"
+        )
+    con.progress(
+        f"the float comparison needs about {with_float / GB:.1f} GB ({available / GB:.1f} GB available): "
+        "validating against the eager model quantized the same way only"
+    )
+    return False
+
+
 def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.options import ExportOptions
     from gemma3n_export_fixes.export.writing import read_sidecar
@@ -114,7 +137,8 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
     import_gemma3n(stack_versions())
     # the reference: the eager model in the program's dtype and quantization; quantized programs are also
     # compared with the float model (reported, not judged)
-    loaded, float_model = reference_models(model, options)
+    with_float = _validation_fits(model, options, pte, con)
+    loaded, float_model = reference_models(model, options, with_float=with_float)
     if is_kv_program(program):
         con.progress(f"validating {pte}: teacher-forced logits and greedy tokens vs eager generate ...")
         kv = validate_kv(program, loaded, kind=kind, float_model=float_model)

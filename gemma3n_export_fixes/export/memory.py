@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemma3n_export_fixes.export.sizes import price
+
 if TYPE_CHECKING:
     import torch
 
@@ -106,8 +108,6 @@ def meta_model(spec: str) -> torch.nn.Module:
 
 def plan(spec: str, options: ExportOptions) -> MemoryPlan:
     """The predicted peak memory of exporting ``spec`` with ``options``."""
-    from gemma3n_export_fixes.export.sizes import price
-
     model = meta_model(spec)
     natural = price(model, natural_dtype(spec))["float_bytes"]
     stored = price(model, options.dtype, options.quant, options.quant_embeddings)
@@ -139,3 +139,17 @@ def check_fits(spec: str, options: ExportOptions, available: int | None = None) 
         f"{found.natural_bytes / GB:.1f} GB as built, {found.stored_bytes / GB:.1f} GB as stored); this machine has "
         f"{available / GB:.1f} GB available: {hint}"
     )
+
+
+def validation_peaks(spec: str, options: ExportOptions, pte_bytes: int) -> tuple[int, int]:
+    """Predicted peak of ``validate`` (with the float model, without it), in bytes.
+
+    ``validate`` builds the reference (natural dtype, then cast and quantized unit by unit as the export does),
+    then the float model (natural dtype: bfloat16 for the real shapes), and runs the program, whose weights
+    are all read (resident) while it runs."""
+    model = meta_model(spec)
+    natural = price(model, natural_dtype(spec))["float_bytes"]
+    stored = price(model, options.dtype, options.quant, options.quant_embeddings)["bytes"]
+    building = natural + model.lm_head.weight.numel() * 4
+    without = BASE_BYTES + max(building, stored + pte_bytes)
+    return int(BASE_BYTES + max(building, stored + natural + pte_bytes)), int(without)

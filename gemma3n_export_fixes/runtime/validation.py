@@ -84,11 +84,14 @@ class ValidationResult(Judged):
     eager_ms: float
 
 
-def reference_models(spec: str, options: ExportOptions) -> tuple[LoadedModel, LoadedModel | None]:
+def reference_models(
+    spec: str, options: ExportOptions, with_float: bool = True
+) -> tuple[LoadedModel, LoadedModel | None]:
     """(reference, float model) for a program exported with ``options``.
 
     The reference is the eager model in the program's dtype with the program's quantization applied; the
-    float model is returned only for quantized programs (``None`` otherwise).
+    float model (in its natural dtype: bfloat16 for the real shapes, as built for the export, never a float32
+    copy of a real-size model) is returned only for quantized programs and ``with_float`` (``None`` otherwise).
     """
     from gemma3n_export_fixes.export.quant import quantize
     from gemma3n_export_fixes.models.sources import load_model, torch_dtype
@@ -96,11 +99,9 @@ def reference_models(spec: str, options: ExportOptions) -> tuple[LoadedModel, Lo
     dtype = torch_dtype(options.dtype)
     reference = load_model(spec)
     quantize(reference.model, options.quant, options.quant_embeddings, dtype)  # as the export does: unit by unit
-    if not options.quantized:
+    if not options.quantized or not with_float:
         return reference, None
-    float_model = load_model(spec)
-    quantize(float_model.model, "none", "none", dtype)
-    return reference, float_model
+    return reference, load_model(spec)
 
 
 def validate(
