@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--no-eager", action="store_true", help="skip the eager decode comparison")
     parser.add_argument("--validate", action="store_true", help="also time `validate` (eager models at size)")
     parser.add_argument("--reuse", action="store_true",
-                        help="use the program an earlier run left in --out-dir (export figures from its record)")  # fmt: skip
+                        help="use the program an earlier run left in --out-dir")  # fmt: skip
     args = parser.parse_args()
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="gemma3n-real-size-"))
     pte = out_dir / f"{args.model}-kv{args.max_seq_len}-8da4w-4w.pte"
