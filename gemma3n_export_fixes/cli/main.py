@@ -103,7 +103,8 @@ def _validation_fits(model: str, options: Any, pte: Path, con: Console) -> bool:
 
     with_float, without = validation_peaks(model, options, pte.stat().st_size)
     available = available_bytes()
-    if available is None or with_float <= available or not options.quantized:
+    # 25% headroom for the float comparison: the E2B one was OOM-killed at a predicted 20.0 GB of 22.5 GB
+    if available is None or with_float * 1.25 <= available or not options.quantized:
         if available is not None and without > available:
             raise UserError(f"validating {pte} needs about {without / GB:.1f} GB; {available / GB:.1f} GB available")
         return True
