@@ -103,16 +103,15 @@ def _validation_fits(model: str, options: Any, pte: Path, con: Console) -> bool:
 
     with_float, without = validation_peaks(model, options, pte.stat().st_size)
     available = available_bytes()
-    # 25% headroom for the float comparison: the E2B one was OOM-killed at a predicted 20.0 GB of 22.5 GB
-    if available is None or with_float * 1.25 <= available or not options.quantized:
-        if available is not None and without > available:
-            raise UserError(f"validating {pte} needs about {without / GB:.1f} GB; {available / GB:.1f} GB available")
-        return True
-    if without > available:
+    if available is not None and without > available:
+        also = f" ({with_float / GB:.1f} GB with the float comparison)" if options.quantized else ""
         raise UserError(
-            f"validating {pte} needs about {without / GB:.1f} GB ({with_float / GB:.1f} GB with the float "
-            f"comparison); this machine has {available / GB:.1f} GB available"
+            f"validating {pte} needs about {without / GB:.1f} GB{also}; this machine has "
+            f"{available / GB:.1f} GB available"
         )
+    # 25% headroom for the float comparison: the E2B one was OOM-killed at a predicted 20.0 GB of 22.5 GB
+    if available is None or not options.quantized or with_float * 1.25 <= available:
+        return True
     con.progress(
         f"the float comparison needs about {with_float / GB:.1f} GB ({available / GB:.1f} GB available): "
         "validating against the eager model quantized the same way only"

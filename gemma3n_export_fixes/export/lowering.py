@@ -7,7 +7,7 @@ that is 18 validations and ~40 s of a ~200 s lowering; on E2B it is thousands of
 (the lowering ran for hours). ``to_backend`` validates the tagged program again once every partition is lowered,
 so :func:`validate_once` skips the per-copy validations during the lowering and nothing goes unchecked. It
 patches only while the lowering runs, only where ExecuTorch's source still has both calls (fingerprints), and
-restores the exact original object afterwards. Upstream record: ``upstream_prs/executorch-validate-once.md``.
+restores the exact original object afterwards. Upstream record: ``upstream_prs/executorch/validate-once.md``.
 """
 
 from __future__ import annotations

@@ -74,8 +74,7 @@ class XnnpackForms(ExportPass):
         if op == aten.view_copy.default:
             return self._inferred_view(args, kwargs, meta)
         if op == aten.unsqueeze_copy.default:
-            shape = _view_shape(list(meta["val"].shape))
-            return None if shape is None else super().call_operator(aten.view_copy.default, (args[0], shape), {}, meta)
+            return self._view_to_output(args[0], meta)
         if op == aten.slice_scatter.default:
             return self._concatenated_scatter(args, kwargs, meta)
         return None
@@ -115,12 +114,10 @@ class XnnpackForms(ExportPass):
             return None
         if dims[0] % x.dim() != x.dim() - 1 or not _is_static(x.shape[-1]) or x.dtype != torch.float32:
             return None
-        out_shape = _view_shape(list(meta["val"].shape))
-        if out_shape is None:
+        if _view_shape(list(meta["val"].shape)) is None:
             return None
         view = super().call_operator(aten.view_copy.default, (args[0], [-1, 1, x.shape[-1], 1]), {}, meta)
-        pooled = super().call_operator(aten.mean.dim, (view, [2, 3], True), {}, meta)
-        return super().call_operator(aten.view_copy.default, (pooled, out_shape), {}, meta)
+        return self._view_to_output(super().call_operator(aten.mean.dim, (view, [2, 3], True), {}, meta), meta)
 
     def _sliced_select(self, args, meta):  # type: ignore[no-untyped-def]
         x = args[0].to_tensor()
@@ -128,8 +125,12 @@ class XnnpackForms(ExportPass):
         if not _is_static(index) or not _is_static(x.shape[dim]) or x.dim() < 2:
             return None
         index = index % x.shape[dim]
-        out_shape = _view_shape(list(meta["val"].shape))
-        if out_shape is None:
+        if _view_shape(list(meta["val"].shape)) is None:
             return None
         sliced = super().call_operator(aten.slice_copy.Tensor, (args[0], dim, index, index + 1, 1), {}, meta)
-        return super().call_operator(aten.view_copy.default, (sliced, out_shape), {}, meta)
+        return self._view_to_output(sliced, meta)
+
+    def _view_to_output(self, value, meta):  # type: ignore[no-untyped-def]
+        """``value`` viewed as the rewritten op's output shape (``None`` when XNNPACK could not lower the view)."""
+        shape = _view_shape(list(meta["val"].shape))
+        return None if shape is None else super().call_operator(aten.view_copy.default, (value, shape), {}, meta)
