@@ -49,9 +49,9 @@ class ExportOptions:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         if self.backend == "xnnpack" and self.quant == "int8" and not self.allow_known_broken:
             raise UserError(
-                "--qlinear 8w (int8 weight-only) with --recipe xnnpack builds a .pte that fails at execute (XNNPACK: "
-                "'Failed to retrieve dim order', error 0x1; an upstream ExecuTorch/torchao defect): use --recipe "
-                "portable, or --qlinear 8da8w"
+                "--qlinear 8w (int8 weight-only) with --recipe xnnpack fails at lowering (ExecuTorch's "
+                "ConvertToLinearPass) or, lowered without our XNNPACK forms, builds a .pte that fails at execute "
+                "(an upstream ExecuTorch/torchao defect): use --recipe portable, or --qlinear 8da8w"
             )
         if self.quant in XNNPACK_ONLY_QUANTS and self.backend != "xnnpack":
             raise UserError(

@@ -3,7 +3,7 @@
 Linears (``--quant``):
 
 - ``int8``: torchao ``Int8WeightOnlyConfig`` (int8 per output channel). Runs on the portable path; the
-  XNNPACK program fails at execute (an upstream defect, see the README).
+  XNNPACK lowering fails, or the program fails at execute (an upstream defect, see the README).
 - ``8da4w`` / ``8da8w``: torchao ``Int8DynamicActivationIntxWeightConfig``: activations int8 per token at run
   time, weights int4 in groups of :data:`GROUP_SIZE` (8da4w) or int8 per output channel (8da8w). XNNPACK
   consumes these as its dynamically quantized linear kernels. Linears whose input dimension is not a multiple
