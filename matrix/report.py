@@ -66,12 +66,17 @@ def disagreements(found: list[tuple[Row, dict[str, Any]]]) -> list[str]:
     return problems
 
 
+def _refusal(export: dict[str, Any]) -> str | None:
+    """Why check did not attempt this export (``unsupported``: results stored before the recipe patches)."""
+    return export.get("refused") or export.get("unsupported")
+
+
 def kv_evidence(found: list[tuple[Row, dict[str, Any]]]) -> dict[Version, bool]:
     """transformers release -> did the KV-cache exports validate there (rows whose check exported them; a
-    release where check refused the KV cache as unsupported is not evidence either way: see ``kv_verdict``)."""
+    release where check refused them is not evidence of the recipe either way: see ``kv_verdict``)."""
     works: dict[Version, bool] = {}
     for row, result in found:
-        kv = [e for e in result.get("exports", []) if e.get("name", "").startswith("kv-") and "unsupported" not in e]
+        kv = [e for e in result.get("exports", []) if e.get("name", "").startswith("kv-") and not _refusal(e)]
         if kv:
             release = Version(row["transformers"])
             works[release] = works.get(release, True) and all("validation" in e and e["ok"] for e in kv)
@@ -79,39 +84,35 @@ def kv_evidence(found: list[tuple[Row, dict[str, Any]]]) -> dict[Version, bool]:
 
 
 def kv_disagreements(found: list[tuple[Row, dict[str, Any]]]) -> list[str]:
-    """Rows where the declared KV-cache support (``KV_CACHE_SINCE``) and the evidence disagree."""
-    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
-
+    """KV-cache exports that did not validate: they are declared to work on every release (the recipe is right
+    from ``KV_CACHE_SINCE``, and the recipe patches make it right before)."""
     problems = []
     for row, result in found:
         for e in result.get("exports", []):
-            if not e.get("name", "").startswith("kv-"):
-                continue
-            declared = Version(row["transformers"]) >= Version(KV_CACHE_SINCE)
-            if declared and not e["ok"]:
-                problems.append(f"{e['name']} on {row['id']}: declared supported, but it failed ({e.get('error', '')})")
-            if not declared and not e.get("upstream_recipe", {}).get("fails", False):
-                problems.append(f"{e['name']} on {row['id']}: declared unsupported, but the upstream recipe worked")
+            if e.get("name", "").startswith("kv-") and not e["ok"]:
+                why = _refusal(e) or e.get("error", "") or "did not validate"
+                problems.append(f"{e['name']} on {row['id']}: declared supported, but {why[:160]}")
     return problems
 
 
 def kv_verdict(found: list[tuple[Row, dict[str, Any]]]) -> str:
-    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE, RECIPE_PATCHES
 
     works = kv_evidence(found)
     refused = sorted({Version(r["transformers"]) for r, res in found
-                      if any("unsupported" in e for e in res.get("exports", []))})  # fmt: skip
+                      if any(_refusal(e) for e in res.get("exports", []))})  # fmt: skip
     if not works and not refused:
         return "no evidence yet"
     good = sorted(v for v, ok in works.items() if ok)
     bad = sorted(v for v, ok in works.items() if not ok)
-    text = f"KV-cache export supported from transformers {KV_CACHE_SINCE}"
+    text = (f"KV-cache export on every release: the recipe is right from transformers {KV_CACHE_SINCE}, "
+            f"older releases through {' + '.join(RECIPE_PATCHES)}")  # fmt: skip
     if good:
-        text += f": validated on {', '.join(map(str, good))}"
+        text += f"; validated on {', '.join(map(str, good))}"
     if bad:
         text += f"; FAILED on {', '.join(map(str, bad))}"
     if refused:
-        text += f"; refused (the upstream recipe fails past the sliding window) on {', '.join(map(str, refused))}"
+        text += f"; refused on {', '.join(map(str, refused))}"
     return text
 
 
@@ -180,9 +181,8 @@ EXPORT_COLUMNS = ("portable", "xnnpack", "kv-portable", "kv-8da4w-4w")
 def _export_cell(result: dict[str, Any], name: str) -> str:
     for e in result.get("exports", []):
         if e.get("name", e["backend"]) == name:
-            if "unsupported" in e:
-                recipe = e["upstream_recipe"]
-                return "unsupported (upstream recipe fails)" if recipe["fails"] else "RANGE-WRONG: recipe works"
+            if _refusal(e):
+                return "refused: a recipe patch is not applied"
             if "validation" not in e:
                 return f"FAILED: {e.get('error', '')[:60]}"
             v = e["validation"]
@@ -262,17 +262,14 @@ def svg(rows: list[Row]) -> str:
                 colour, label = COLOURS.get(v, COLOURS["bad"]), v
             elif name in EXPORT_COLUMNS and result.get("exports") and _export_cell(result, name) != "-":
                 text = _export_cell(result, name)
-                if text.startswith("unsupported"):
-                    colour, label = COLOURS["not-needed"], "unsupported"
-                else:
-                    colour, label = (COLOURS["ok"] if text.startswith("OK") else COLOURS["bad"]), text.split(" ")[0]
+                colour, label = (COLOURS["ok"] if text.startswith("OK") else COLOURS["bad"]), text.split(" ")[0]
             else:
                 colour, label = COLOURS["none"], "no result"
             x = left + j * cw
             out.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{rh - 2}" fill="{colour}" stroke="#888"/>')
             out.append(f'<text x="{x + cw / 2}" y="{y + 15}" text-anchor="middle">{html.escape(label)}</text>')
     out.append(f'<text x="{left}" y="{height - 12}">green: fixed / validated; grey: not needed, or '
-               'KV cache unsupported on that release; red: a failure; white: no result yet</text>')  # fmt: skip
+               'red: a failure (a KV cache refused included); white: no result yet</text>')  # fmt: skip
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

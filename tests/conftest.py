@@ -114,11 +114,10 @@ def kv_supported() -> bool:
 
 
 def require_kv_cache() -> None:
-    """Skip (with the reason) on releases where a KV-cache export is refused; tests/test_kvcache.py covers those."""
+    """Skip (with the reason) where a KV-cache export is refused (a recipe patch not applied in this process)."""
     import transformers
 
     from gemma3n_export_fixes.export.kvcache import unsupported_reason
 
-    if unsupported_reason(transformers.__version__):
-        pytest.skip(f"transformers {transformers.__version__} has no exportable KV-cache recipe (export refuses it); "
-                    "test_kv_cache_refused_before_the_supported_release covers this release")  # fmt: skip
+    if reason := unsupported_reason(transformers.__version__):
+        pytest.skip(f"transformers {transformers.__version__}: export refuses a KV-cache program here ({reason})")

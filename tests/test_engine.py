@@ -12,22 +12,28 @@ from packaging.specifiers import SpecifierSet
 
 import gemma3n_export_fixes as gx
 from conftest import run_python
+from gemma3n_export_fixes.plugin import RECIPE_MODULE, WATCHED_MODULES
 from gemma3n_export_fixes.plugin.engine import ENGINE, MARKER, Engine, Gemma3nExportFixesWarning, State
 from gemma3n_export_fixes.plugin.fingerprint import fingerprint
 from gemma3n_export_fixes.plugin.patch import Patch, Target
 from gemma3n_export_fixes.plugin.patches import REGISTRY
 
 
+def _owner(patch, target):
+    """(owner, name) of ``target`` in the module ``patch`` targets (a class, or the module itself)."""
+    import importlib
+
+    owner = importlib.import_module(patch.module)
+    *path, name = target.path.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name
+
+
 def _targets(module):
     """(owner, name) of every replaced target of the patches applied on this release."""
-    out = []
-    for patch in REGISTRY:
-        if patch.id in ENGINE.applied_ids():
-            for target in patch.targets:
-                if target.replaced:
-                    cls, name = target.path.split(".")
-                    out.append((getattr(module, cls), name))
-    return out
+    return [_owner(patch, target) for patch in REGISTRY if patch.id in ENGINE.applied_ids()
+            for target in patch.targets if target.replaced]  # fmt: skip
 
 
 def test_apply_twice_changes_nothing(gemma3n_module):
@@ -192,13 +198,30 @@ def test_concurrent_apply_and_revert_leave_a_consistent_state(gemma3n_module):
     applied = ENGINE.applied_ids()
     for patch in REGISTRY:
         for target in (t for t in patch.targets if t.replaced):
-            cls, name = target.path.split(".")
-            current = vars(getattr(gemma3n_module, cls))[name]
+            owner, name = _owner(patch, target)
+            current = vars(owner).get(name)  # None: not in this release (a patch not needed here)
             assert (getattr(current, MARKER, None) == patch.id) == (patch.id in applied)
     gx.revert()
     for (owner, name), original in originals.items():
         assert vars(owner)[name] is original
     gx.apply()
+
+
+def test_the_recipe_patches_apply_when_the_recipe_module_is_imported():
+    """A second watched module: importing transformers' ExecuTorch recipe alone (no Gemma 3n import) runs the hook
+    for the recipe patches, and only for them."""
+    code = (
+        "import transformers.integrations.executorch\n"
+        "import gemma3n_export_fixes as gx\n"
+        "print(' '.join(f'{s.id}={s.state.value}' for s in gx.status()))\n"
+    )
+    result = run_python(["-c", code])
+    assert result.returncode == 0, result.stderr[-2000:]
+    states = dict(item.split("=") for item in result.stdout.split())
+    for patch in REGISTRY:
+        if patch.module == RECIPE_MODULE:
+            assert states[patch.id] in ("applied", "not-needed"), states
+    assert {p.module for p in REGISTRY} == set(WATCHED_MODULES)
 
 
 def test_apply_after_importlib_reload_patches_the_new_classes():

@@ -35,6 +35,8 @@ def test_code_changes_count(changed):
 
 def test_installed_release_matches_declared_fingerprints_where_the_patch_is_needed(gemma3n_module):
     """For each patch this release needs, every target's upstream code is one the patch declares."""
+    import importlib
+
     import transformers
 
     import gemma3n_export_fixes as gx
@@ -45,5 +47,5 @@ def test_installed_release_matches_declared_fingerprints_where_the_patch_is_need
     with gx.unpatched():
         for patch in needed:
             for target in patch.targets:
-                _, _, original = _resolve(gemma3n_module, target.path)
+                _, _, original = _resolve(importlib.import_module(patch.module), target.path)
                 assert fingerprint(original) in target.fingerprints, (patch.id, target.path)

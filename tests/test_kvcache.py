@@ -1,7 +1,7 @@
 """KV-cache programs: export, token-by-token validation against eager ``generate``, greedy ``generate``.
 
-The programs come from one ``check --keep`` run (``check_run``); on transformers releases before
-``KV_CACHE_SINCE`` the export is refused, and the upstream recipe's failure is reproduced instead.
+The programs come from one ``check --keep`` run (``check_run``), on every release: before ``KV_CACHE_SINCE``
+through the recipe patches (whose reproducers ``tests/test_reproducers.py`` runs).
 """
 
 from __future__ import annotations
@@ -14,47 +14,33 @@ from test_commands import CLI, one_line_error
 from conftest import one_char_tokenizer, require_kv_cache, run_python
 
 
-def test_kv_support_range_is_declared_from_the_fixing_release():
-    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE, unsupported_reason
-
-    assert KV_CACHE_SINCE == "5.5.1"  # 5.4.0 - 5.5.0 size the sliding layers' replacement to the window
-    assert unsupported_reason("5.5.0") and "5.5.1" in unsupported_reason("5.5.0")
-    assert unsupported_reason("5.5.1") is None and unsupported_reason("5.23.0") is None
-
-
-@pytest.mark.slow
-def test_upstream_recipe_fails_past_the_sliding_window_exactly_before_the_supported_release(gemma3n_module):
-    """The premise of the declared range, reproduced on the installed release in a fresh process."""
-    import transformers
+def test_kv_support_is_declared_on_every_release_with_gemma3n():
+    """The upstream recipe is right from 5.5.1; every older release with Gemma 3n is in the recipe patch's range."""
     from packaging.version import Version
 
-    code = (
-        "import json, gemma3n_export_fixes as gx; gx.apply()\n"
-        "from gemma3n_export_fixes.export.kvcache import reproduce_old_recipe_failure\n"
-        "print(json.dumps(reproduce_old_recipe_failure()))\n"
-    )
-    result = run_python(["-c", code])
-    assert result.returncode == 0, result.stderr[-3000:]
-    outcome = json.loads(result.stdout.strip().splitlines()[-1])
-    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE
+    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE, RECIPE_PATCHES
+    from gemma3n_export_fixes.plugin.patches import by_id
+    from matrix.grid import transformers_releases
 
-    old = Version(transformers.__version__) < Version(KV_CACHE_SINCE)
-    assert outcome["fails"] is old, outcome
-    if old:
-        assert "out of bounds" in outcome["error"] or "Constraints violated" in outcome["error"], outcome
+    assert KV_CACHE_SINCE == "5.5.1"  # 5.4.0 - 5.5.0 size the sliding layers' replacement to the window
+    cache, mask = (by_id(i) for i in RECIPE_PATCHES)
+    for release in transformers_releases():
+        assert cache.needed_by(release) is (Version(release) < Version(KV_CACHE_SINCE)), release
+        assert mask.needed_by(release) is (Version(release) < Version("5.0.0rc0")), release
 
 
-def test_kv_cache_refused_before_the_supported_release(tmp_path, gemma3n_module):
-    """Before 5.5.1: one line, exit 1, no file. From 5.5.1 the export itself is tested through check_run."""
+def test_kv_cache_refused_without_the_recipe_patch(tmp_path, gemma3n_module):
+    """With the cache patch disabled on a release that needs it: one line naming the patch, exit 1, no file."""
     import transformers
 
-    from conftest import kv_supported
+    from gemma3n_export_fixes.plugin.patches import by_id
 
-    if kv_supported():
-        pytest.skip(f"transformers {transformers.__version__} supports KV-cache programs (check_run exports them)")
+    if not by_id("recipe-sliding-cache").needed_by(transformers.__version__):
+        pytest.skip(f"transformers {transformers.__version__}'s recipe is right as released (no patch to disable)")
     out = tmp_path / "kv.pte"
-    result = run_python([*CLI, "export", "--model", "tiny", "--recipe", "portable", "--out", str(out)])  # the default
-    one_line_error(result, "KV-cache program (export's default) needs transformers >= 5.5.1", "--fixed-window")
+    args = [*CLI, "export", "--model", "tiny", "--recipe", "portable", "--out", str(out)]  # a KV cache: the default
+    result = run_python(args, env={"GEMMA3N_EXPORT_FIXES_DISABLE": "recipe-sliding-cache"})
+    one_line_error(result, "needs the plugin's recipe-sliding-cache patch", "--fixed-window")
     assert not list(tmp_path.iterdir())
 
 

@@ -54,16 +54,6 @@ def test_every_declared_boundary_is_bracketed_by_adjacent_releases_in_the_grid()
             assert set(edge) <= grid, f"{patch.id}: the boundary {edge[0]} | {edge[1]} is not bracketed by grid rows"
 
 
-def test_the_kv_cache_boundary_is_bracketed_by_adjacent_releases():
-    from gemma3n_export_fixes.export.kvcache import KV_CACHE_SINCE, unsupported_reason
-
-    releases = transformers_releases()
-    edge = boundary(releases, lambda v: unsupported_reason(v) is not None)
-    assert edge is not None and edge[1] == KV_CACHE_SINCE
-    grid = {row["transformers"] for row in tagged("grid")}
-    assert set(edge) <= grid, f"the KV-cache boundary {edge[0]} | {edge[1]} is not bracketed by grid rows"
-
-
 def test_the_boundary_check_can_fail():
     releases = transformers_releases()
     assert boundary(releases, lambda v: Version(v) < Version("5.6.1")) == ("5.6.0", "5.6.1")  # 5.6.1: no row
@@ -92,20 +82,17 @@ def _kv_result(transformers: str, export: dict) -> tuple[dict, dict]:
     return row, {"patches": [{"id": "x"}], "exports": [{"name": "kv-portable", "backend": "portable", **export}]}
 
 
-def test_kv_evidence_counts_a_refusal_as_a_refusal_not_a_failure():
-    refused = _kv_result("5.0.0rc1", {"ok": True, "unsupported": "needs 5.5.1", "upstream_recipe": {"fails": True}})
+def test_kv_evidence_and_disagreements():
+    """A KV-cache export is declared to work on every release: a refusal or a failure is a disagreement."""
+    refused = _kv_result("5.0.0rc1", {"ok": False, "refused": "needs the plugin's recipe-sliding-cache patch"})
     works = _kv_result("5.23.0", {"ok": True, "validation": {}})
-    text = kv_verdict([refused, works])
-    assert "FAILED" not in text and "refused" in text and "5.0.0rc1" in text and "validated on 5.23.0" in text
-    assert not kv_disagreements([refused, works])
-
-
-def test_kv_disagreements_catch_a_wrong_boundary():
-    recipe_works = _kv_result("5.5.0", {"ok": False, "unsupported": "x", "upstream_recipe": {"fails": False}})
     export_fails = _kv_result("5.5.1", {"ok": False, "error": "boom"})
-    problems = kv_disagreements([recipe_works, export_fails])
-    assert len(problems) == 2 and "5.5.0" in problems[0] and "5.5.1" in problems[1]
-    assert "FAILED on 5.5.1" in kv_verdict([export_fails])
+    assert not kv_disagreements([works])
+    problems = kv_disagreements([refused, works, export_fails])
+    assert len(problems) == 2 and "5.0.0rc1" in problems[0] and "recipe-sliding-cache" in problems[0]
+    assert "5.5.1" in problems[1] and "boom" in problems[1]
+    text = kv_verdict([refused, works, export_fails])
+    assert "refused on 5.0.0rc1" in text and "validated on 5.23.0" in text and "FAILED on 5.5.1" in text
 
 
 def test_matrix_readme_is_generated_from_the_results():

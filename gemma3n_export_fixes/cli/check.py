@@ -5,10 +5,9 @@
    neither state can leak into the other);
 3. export + validate of the built-in ``tiny`` model: the seed's fixed window on the portable and XNNPACK
    paths, and the on-device paths: a KV-cache program (portable, float32, token by token vs eager
-   ``generate``) and a KV-cache program with 8da4w linears and 4w embeddings on XNNPACK. On transformers
-   releases before ``kvcache.KV_CACHE_SINCE`` the KV-cache exports are ``unsupported``: instead, check runs
-   the upstream recipe's decode past the sliding window and records how it fails (it must fail there, or
-   the declared range is wrong).
+   ``generate``, past twice the sliding window) and a KV-cache program with 8da4w linears and 4w embeddings on
+   XNNPACK. On releases before ``kvcache.KV_CACHE_SINCE`` those need the recipe patches; when one is not
+   applied, the KV-cache exports are ``refused`` (a failure of the check).
 
 Verdict per patch: ``fixed`` (bug on upstream, gone when patched), ``not-needed`` (no bug on upstream and
 not applied), or a failure (``bug-not-fixed``, ``range-wrong``: upstream has the bug but the patch
@@ -103,24 +102,9 @@ def check_exports() -> dict[str, Any]:
     }
 
 
-def _old_recipe_outcome(say: Say) -> dict[str, Any]:
-    """On releases without KV-cache support: show that the upstream recipe really fails there (run once)."""
-    from gemma3n_export_fixes.export.kvcache import reproduce_old_recipe_failure
-
-    say("KV cache: unsupported on this transformers; reproducing the upstream recipe's failure ...")
-    try:
-        outcome = reproduce_old_recipe_failure()
-    except Exception as exc:
-        outcome = {"fails": True, "error": f"the recipe fails before decoding: {first_line(exc)}"}
-    say(f"KV cache: upstream recipe {'fails: ' + outcome['error'] if outcome['fails'] else 'WORKS'}")
-    return outcome
-
-
-def _kv_unsupported(name: str, options: Any, reason: str, outcome: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": name, "backend": options.backend, "options": options.describe(), "ok": outcome["fails"],
-        "unsupported": reason, "upstream_recipe": outcome,
-    }  # fmt: skip
+def _kv_refused(name: str, options: Any, reason: str) -> dict[str, Any]:
+    """A KV-cache export ``check`` does not attempt: a recipe patch this release needs is not applied."""
+    return {"name": name, "backend": options.backend, "options": options.describe(), "ok": False, "refused": reason}
 
 
 def _tokens_phrase(options: Any, result: Any) -> str:
@@ -198,11 +182,12 @@ def run_check(say: Say = print, keep: Path | None = None) -> dict[str, Any]:
         say(f"patch {p['id']}: {p['state']}")
     patches = _patch_rows(status["patches"], say)
     kv_reason = unsupported_reason(versions["transformers"] or "0")
-    old_recipe = _old_recipe_outcome(say) if kv_reason else None
+    if kv_reason:
+        say(f"KV cache: refused: {kv_reason}")
 
     def run(name: str, options: Any, workdir: Path) -> dict[str, Any]:
-        if options.kv_cache and kv_reason and old_recipe is not None:
-            return _kv_unsupported(name, options, kv_reason, old_recipe)
+        if options.kv_cache and kv_reason:
+            return _kv_refused(name, options, kv_reason)
         return _export_and_validate(name, options, workdir, say)
 
     if keep is not None:
@@ -235,10 +220,8 @@ def print_summary(record: dict[str, Any], say: Say = print) -> None:
     say(f"{'export':<13}{'result':<13}{'max abs diff':<14}{'top-1':<8}{'MB':<7}stages (s)")
     for e in record["exports"]:
         name = e.get("name", e["backend"])
-        if "unsupported" in e:
-            recipe = e["upstream_recipe"]
-            shown = f"upstream recipe fails: {recipe['error']}" if recipe["fails"] else "upstream recipe WORKS here"
-            say(f"{name:<13}{'unsupported':<13}{shown}")
+        if "refused" in e:
+            say(f"{name:<13}{'REFUSED':<13}{e['refused']}")
             continue
         if "validation" not in e:
             say(f"{name:<13}{'FAILED':<13}{e.get('error', '')}")

@@ -36,7 +36,7 @@ def import_gemma3n(versions: dict[str, str | None]) -> None:
     from packaging.version import InvalidVersion, Version
 
     from gemma3n_export_fixes._startup import install
-    from gemma3n_export_fixes.plugin import TARGET_MODULE
+    from gemma3n_export_fixes.plugin import WATCHED_MODULES
 
     try:
         too_old = Version(versions["transformers"]) < Version("4.53.0")
@@ -45,14 +45,17 @@ def import_gemma3n(versions: dict[str, str | None]) -> None:
     if too_old:
         raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)")
     install()  # what the .pth does at start-up; honours GEMMA3N_EXPORT_FIXES
-    try:
-        importlib.import_module(TARGET_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("transformers.models.gemma3n"):
-            raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)") from None
-        raise UserError(f"cannot import {TARGET_MODULE}: {exc}") from None
-    except ImportError as exc:
-        raise UserError(f"cannot import {TARGET_MODULE}: {exc}") from None
+    for name in WATCHED_MODULES:  # Gemma 3n's modelling code first, then the ExecuTorch recipe
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith("transformers.models.gemma3n"):
+                raise UserError(
+                    f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)"
+                ) from None
+            raise UserError(f"cannot import {name}: {exc}") from None
+        except ImportError as exc:
+            raise UserError(f"cannot import {name}: {exc}") from None
 
 
 def status_record() -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The plugin: what runs when transformers is imported. Never imports the export tool.
 
-- :mod:`.hook`: the wrapt post-import hook on Gemma 3n's modelling module (registered by ``_startup``);
+- :mod:`.hook`: the wrapt post-import hooks on the patched modules (registered by ``_startup``);
 - :mod:`.engine`: decides, installs, reverts and reports patches; owns the process-wide :data:`ENGINE`;
 - :mod:`.api`: ``apply`` / ``revert`` / ``status`` / ``patched`` / ``unpatched`` (re-exported by the package);
 - :mod:`.patch`: what a patch declares; :mod:`.fingerprint`: drift detection; :mod:`.patches`: one module per
@@ -12,11 +12,17 @@ file; the rest loads when the Gemma 3n module is imported or the API is used.
 
 from __future__ import annotations
 
-#: The module every patch targets (the post-import hook watches it).
+#: The module the model patches target (Gemma 3n's modelling code).
 TARGET_MODULE = "transformers.models.gemma3n.modeling_gemma3n"
+#: The module the recipe patches target (transformers' ExecuTorch recipe: what optimum-cli and ``--kv-cache`` use).
+RECIPE_MODULE = "transformers.integrations.executorch"
+#: Every module a patch targets; the post-import hook watches each (a patch applies when its module is imported).
+WATCHED_MODULES = (TARGET_MODULE, RECIPE_MODULE)
 
 __all__ = [
+    "RECIPE_MODULE",
     "TARGET_MODULE",
+    "WATCHED_MODULES",
     "Gemma3nExportFixesWarning",
     "PatchStatus",
     "State",

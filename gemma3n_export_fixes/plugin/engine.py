@@ -10,7 +10,10 @@ Contract:
 - All state changes hold one re-entrant lock, so concurrent apply/revert leave a consistent state.
 - ``GEMMA3N_EXPORT_FIXES_DISABLE`` leaves the patches it names out of the automatic run (the import hook);
   they are reported ``disabled``. An explicit ``apply`` does what it is asked.
-- The Gemma 3n module is always imported through ``importlib.import_module`` and never under the lock: a
+- Each patch targets one module (:attr:`Patch.module`: Gemma 3n's modelling code, or transformers' ExecuTorch
+  recipe). Given a module (the import hook), ``apply`` handles only the patches on that module; without one,
+  it imports the module of every selected patch.
+- A target module is always imported through ``importlib.import_module`` and never under the lock: a
   thread importing it runs the post-import hook, which takes the lock (holding it while importing would
   deadlock), and a module another thread is still importing sits half-built in ``sys.modules``
   (``import_module`` waits for it; ``sys.modules.get`` would return it and its fingerprints would "drift").
@@ -30,7 +33,6 @@ from types import ModuleType
 from typing import Any
 
 from gemma3n_export_fixes import _env
-from gemma3n_export_fixes.plugin import TARGET_MODULE
 from gemma3n_export_fixes.plugin.fingerprint import fingerprint
 from gemma3n_export_fixes.plugin.patch import Function, Patch
 from gemma3n_export_fixes.plugin.patches import REGISTRY
@@ -132,13 +134,16 @@ def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
         raise _Drift(f"{path}: not defined by {where} itself in this release") from exc
 
 
-def import_target() -> ModuleType:
-    """transformers' Gemma 3n modelling module, imported (or waited for) the safe way; call without the lock."""
-    return importlib.import_module(TARGET_MODULE)
+def import_targets(patches: Iterable[Patch], given: ModuleType | None = None) -> dict[str, ModuleType]:
+    """The modules ``patches`` target, by name: only ``given`` when set (the hook's module), else each imported
+    (or waited for) the safe way. Call without the lock."""
+    if given is not None:
+        return {given.__name__: given}
+    return {name: importlib.import_module(name) for name in dict.fromkeys(p.module for p in patches)}
 
 
 class Engine:
-    """Applies and reverts a registry of patches on transformers' Gemma 3n modelling module."""
+    """Applies and reverts a registry of patches on transformers' modules (each patch names its own)."""
 
     def __init__(self, registry: Iterable[Patch]) -> None:
         self.registry = tuple(registry)
@@ -166,15 +171,21 @@ class Engine:
     ) -> list[PatchStatus]:
         """Apply every selected patch this release needs; returns the status of each selected patch.
 
+        ``module``: apply only the patches on it (the import hook passes the module just imported).
         ``automatic`` (the import hook): patches named by ``GEMMA3N_EXPORT_FIXES_DISABLE`` are left out.
         """
-        if module is None:
-            module = import_target()  # never under the lock (see the module docstring)
+        modules = import_targets(self._select(ids), module)  # never under the lock (see the module docstring)
+        return self._apply(modules, ids, automatic)
+
+    def _apply(self, modules: dict[str, ModuleType], ids: Iterable[str] | None, automatic: bool) -> list[PatchStatus]:
         disabled = _env.disabled_patches() if automatic else frozenset()
         with self._lock:
             version = _transformers_version()
             selected = self._select(ids)
             for patch in selected:
+                module = modules.get(patch.module)
+                if module is None:
+                    continue
                 record = self._records.get(patch.id)
                 if record and record.state is State.APPLIED and self._intact(record, module):
                     continue
@@ -194,10 +205,10 @@ class Engine:
     def patched(self, ids: Iterable[str] | None = None) -> Iterator[list[PatchStatus]]:
         """Run the block with the patches applied; on exit, reverts those that were not applied before."""
         ids = None if ids is None else list(ids)
-        module = import_target()  # never under the lock
+        modules = import_targets(self._select(ids))  # never under the lock
         with self._lock:
             was_applied = self.applied_ids()
-            statuses = self.apply(module, ids=ids)
+            statuses = self._apply(modules, ids, automatic=False)
         try:
             yield statuses
         finally:
@@ -281,7 +292,7 @@ class Engine:
         False after ``importlib.reload`` (new classes, no hook fires) or a foreign replacement.
         """
         for step in record.installed:
-            current = getattr(module, step.owner.__name__, None)
+            current = module if step.owner is module else getattr(module, step.owner.__name__, None)
             if current is not step.owner or vars(step.owner).get(step.name) is not step.replacement:
                 return False
         return record.module is module
@@ -323,7 +334,7 @@ class Engine:
     def _status(self, patch: Patch) -> PatchStatus:
         record = self._records.get(patch.id)
         if record is None:
-            record = _Record(State.PENDING, self._pending_reason())
+            record = _Record(State.PENDING, self._pending_reason(patch))
         return PatchStatus(
             id=patch.id,
             title=patch.title,
@@ -337,10 +348,10 @@ class Engine:
         )
 
     @staticmethod
-    def _pending_reason() -> str:
+    def _pending_reason(patch: Patch) -> str:
         if _env.disabled_by_env():
             return f"pending: {_env.ENV_VAR} turns the automatic patching off in this process (apply() still works)"
-        return "pending: transformers' Gemma 3n modelling module has not been imported in this process"
+        return f"pending: {patch.module} has not been imported in this process"
 
     def _warn(self, patch: Patch, reason: str) -> None:
         key = (patch.id, reason)

@@ -1,15 +1,16 @@
-"""The real machinery behind the start-up trigger: a wrapt post-import hook on Gemma 3n's module.
+"""The real machinery behind the start-up trigger: wrapt post-import hooks on the modules patches target.
 
-Imported only once transformers is being imported (see :mod:`gemma3n_export_fixes._startup`). The hook
-applies what the installed release needs (honouring ``GEMMA3N_EXPORT_FIXES_DISABLE``) and never raises into
-the importer: a failure becomes one ``Gemma3nExportFixesWarning``.
+Imported only once transformers is being imported (see :mod:`gemma3n_export_fixes._startup`). Each hook
+applies what the installed release needs of the patches on the module just imported (honouring
+``GEMMA3N_EXPORT_FIXES_DISABLE``) and never raises into the importer: a failure becomes one
+``Gemma3nExportFixesWarning``.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from gemma3n_export_fixes.plugin import TARGET_MODULE
+from gemma3n_export_fixes.plugin import WATCHED_MODULES
 
 _registered = False
 
@@ -32,11 +33,12 @@ def _on_import(module: ModuleType) -> None:
 
 
 def register() -> None:
-    """Register the post-import hook once per process (fires at once if the module is imported)."""
+    """Register the post-import hooks once per process (each fires at once if its module is imported)."""
     global _registered
     if _registered:
         return
     _registered = True
     import wrapt
 
-    wrapt.register_post_import_hook(_on_import, TARGET_MODULE)
+    for name in WATCHED_MODULES:
+        wrapt.register_post_import_hook(_on_import, name)

@@ -14,12 +14,14 @@ from typing import Any
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from gemma3n_export_fixes.plugin import TARGET_MODULE
+
 Function = Callable[..., Any]
 
 
 @dataclass(frozen=True)
 class Target:
-    """One attribute of the target module the patch depends on.
+    """One attribute of the patch's module (:attr:`Patch.module`) the patch depends on.
 
     ``path`` is dotted from the module (``"Gemma3nTextMLP._gaussian_topk"``). ``fingerprints`` maps each
     known fingerprint (see :mod:`gemma3n_export_fixes.plugin.fingerprint`) of the upstream code to the releases
@@ -46,7 +48,7 @@ class Reproduction:
 
 @dataclass(frozen=True)
 class Patch:
-    """A reversible fix for one defect in transformers' Gemma 3n code.
+    """A reversible fix for one defect in the transformers code a Gemma 3n export runs.
 
         ``needed_on`` is the PEP 440 range of transformers releases that have the defect (pre-releases
         included); ``verified_through`` is the newest release whose code was checked by hand: on a newer release
@@ -54,6 +56,7 @@ class Patch:
         receives the original upstream functions (``{path: function}``, replaced targets only) and returns
         the plain functions to install at the same paths; it must not touch anything itself. ``reproduce``
         runs the defect's reproducer against whatever code is installed right now (patched or not).
+        ``module`` is the module the target paths start from; the patch applies when it is imported.
     """
 
     id: str
@@ -67,6 +70,7 @@ class Patch:
     changes_eager_numerics: bool = False
     upstream: str = ""
     notes: tuple[str, ...] = field(default=())
+    module: str = TARGET_MODULE
 
     def needed_by(self, transformers_version: str) -> bool:
         """True when ``transformers_version`` lies in :attr:`needed_on` (pre-releases count)."""

@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from gemma3n_export_fixes.plugin.patch import Patch
-from gemma3n_export_fixes.plugin.patches import altup_clamp, gaussian_topk, kv_share_nocache
+from gemma3n_export_fixes.plugin.patches import (
+    altup_clamp,
+    gaussian_topk,
+    kv_share_nocache,
+    recipe_sliding_cache,
+    recipe_sliding_mask,
+)
 
-REGISTRY: tuple[Patch, ...] = (altup_clamp.PATCH, gaussian_topk.PATCH, kv_share_nocache.PATCH)
+REGISTRY: tuple[Patch, ...] = (
+    altup_clamp.PATCH,
+    gaussian_topk.PATCH,
+    kv_share_nocache.PATCH,
+    recipe_sliding_cache.PATCH,
+    recipe_sliding_mask.PATCH,
+)
 
 
 def by_id(patch_id: str) -> Patch:
