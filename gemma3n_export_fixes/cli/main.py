@@ -123,7 +123,7 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.options import ExportOptions
     from gemma3n_export_fixes.export.writing import read_sidecar
     from gemma3n_export_fixes.runtime.loading import is_kv_program, load_forward, load_program, set_threads
-    from gemma3n_export_fixes.runtime.validation import reference_models, validate, validate_kv
+    from gemma3n_export_fixes.runtime.validation import minimum_phrase, reference_models, validate, validate_kv
 
     pte = Path(args.pte)
     threads = set_threads(args.threads)
@@ -156,7 +156,7 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
                 f"{pte}: {'OK' if kv.ok else 'MISMATCH'}: {kv.prompt_len}-token prompt + {kv.new_tokens} greedy tokens "
                 f"(sliding window {kv.sliding_window}, cache {kv.max_seq_len}) vs eager {model} generate: "
                 f"max abs diff {kv.max_abs_diff:.3g} (tolerance {kv.tolerance:g}), top-1 agreement "
-                f"{kv.top1_agreement:.1%} (minimum {kv.min_top1:.0%}), greedy tokens "
+                f"{kv.top1_agreement:.1%} {minimum_phrase(kv.min_top1)}, greedy tokens "
                 f"{'identical' if kv.tokens_match else 'differ'}{where}; runtime {kv.runtime_ms_per_token:.2f} "
                 f"ms/token, {threads} thread(s)" + _vs_float(kv.float_max_abs_diff, kv.float_top1_agreement)
             )
@@ -169,7 +169,7 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
         con.print(
             f"{pte}: {'OK' if result.ok else 'MISMATCH'}: max abs diff {result.max_abs_diff:.3g} "
             f"(tolerance {result.tolerance:g}), top-1 agreement {result.top1_agreement:.1%} "
-            f"(minimum {result.min_top1:.0%}), finite {result.finite}, {result.seq_len} tokens vs eager "
+            f"{minimum_phrase(result.min_top1)}, finite {result.finite}, {result.seq_len} tokens vs eager "
             f"{model} use_cache=True; runtime {result.runtime_ms:.1f} ms, eager {result.eager_ms:.1f} ms"
             + _vs_float(result.float_max_abs_diff, result.float_top1_agreement)
         )

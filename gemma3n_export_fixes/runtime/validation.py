@@ -29,9 +29,18 @@ if TYPE_CHECKING:
 #: Acceptance thresholds of the program vs its reference. A quantized program's reference is the eager model
 #: with the same quantization (so the export itself is judged, not the quantization); its error vs the float
 #: model is reported next to it (``float_*``), not judged: on the random tiny model logits are close together
-#: and int4 flips many argmaxes, which says nothing about a trained model.
+#: and int4 flips many argmaxes, which says nothing about a trained model. A quantized program's top-1 agreement
+#: with its reference is reported, not judged (minimum 0): XNNPACK's int8 activation kernels differ from torchao's
+#: reference by ~0.03 on the tiny model, so argmaxes flip at near-ties (15% of 20 positions on transformers
+#: 4.57.6, 5% on 5.23.0, at the same max abs diff); a flip is only possible where the margin is within twice the
+#: measured diff, so the diff bound is the judgement.
 TOLERANCES = {"float32": 1e-3, "bfloat16": 0.5, "quantized": 0.25}
-MIN_TOP1 = {"float32": 1.0, "bfloat16": 0.9, "quantized": 0.9}
+MIN_TOP1 = {"float32": 1.0, "bfloat16": 0.9, "quantized": 0.0}
+
+
+def minimum_phrase(min_top1: float) -> str:
+    """How a result line states the top-1 threshold."""
+    return f"(minimum {min_top1:.0%})" if min_top1 > 0 else "(not judged)"
 
 
 @dataclass
