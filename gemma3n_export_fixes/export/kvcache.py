@@ -19,10 +19,7 @@ KV-cache program is exported on every release with Gemma 3n as long as they are 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    import torch
+from typing import Any
 
 KV_CACHE_SINCE = "5.5.1"
 #: The method a KV-cache program carries to say so (ExecuTorch LLM runner convention).
@@ -57,13 +54,6 @@ def unsupported_reason(transformers_version: str) -> str | None:
                 f"and it is {status.reason}; or export the seed's fixed window (--fixed-window)"
             )
     return None
-
-
-def export_program(model: torch.nn.Module, max_seq_len: int) -> Any:
-    """The prefill+decode program (:func:`gemma3n_export_fixes.models.recipe.export_recipe`)."""
-    from gemma3n_export_fixes.models.recipe import export_recipe
-
-    return export_recipe(model, max_seq_len)
 
 
 def constant_methods(config: dict[str, Any], max_seq_len: int) -> dict[str, Any]:

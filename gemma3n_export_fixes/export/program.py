@@ -98,6 +98,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     from gemma3n_export_fixes.export import kvcache
     from gemma3n_export_fixes.export.memory import plan
     from gemma3n_export_fixes.export.sizes import price
+    from gemma3n_export_fixes.models.recipe import export_recipe
     from gemma3n_export_fixes.versions import stack_versions
 
     versions = stack_versions()
@@ -117,7 +118,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     lowering: dict[str, Any] = {}
     if options.kv_cache:
         with timer.stage("export", f"torch.export(strict=True), static KV cache of {options.max_seq_len}"):
-            exported = kvcache.export_program(model, options.max_seq_len)
+            exported = export_recipe(model, options.max_seq_len)
         methods = kvcache.constant_methods(loaded.config, options.max_seq_len)
     else:
         example = (torch.zeros(1, options.seq_len, dtype=torch.long),)

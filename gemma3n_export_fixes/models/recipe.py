@@ -59,7 +59,6 @@ def decode_error_past_the_window(exported: Any, model: torch.nn.Module, prompt: 
 
     vocab = int(model.config.vocab_size)
     ids = torch.arange(prompt + steps, dtype=torch.long).remainder(vocab - 3).add(3).unsqueeze(0)
-    worst = 0.0
     with torch.no_grad():
         eager = model(input_ids=ids, use_cache=True).logits[0].float()
         out = run(ids[:, :prompt], torch.arange(prompt))
