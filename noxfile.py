@@ -10,6 +10,8 @@ nox -s "matrix(tf-next-et1.5.1)" -- --next   # the newest transformers (pre-rele
                                     # candidates in matrix/README.md before anyone reads a changelog
 nox -s matrix -t smoke              # the smoke rows (CI)
 nox -s matrix_report                # matrix/README.md + matrix/heatmap.svg from the results
+nox -s optimum_cli                  # optimum-cli export executorch (float, 8da4w + 4w) on a tiny checkpoint vs
+                                    # eager, on optimum-executorch's own transformers pin and on the default stack
 nox -s "real_size(e2b-shape)"       # benchmark (not CI): E2B export KV 256 8da4w + 4w, then generate; figures JSON
 nox -l --json                       # the sessions, for a CI fan-out (see .github/workflows/matrix.yml)
 """
@@ -24,7 +26,7 @@ import nox
 ROOT = Path(__file__).resolve().parent
 sys.path.append(str(ROOT))
 
-from matrix.grid import default_stack, inputs_hash, is_current, load_rows, pins, tool_pin  # noqa: E402
+from matrix.grid import client_pins, default_stack, inputs_hash, is_current, load_rows, pins, tool_pin  # noqa: E402
 
 GRID = load_rows()
 DEFAULT = default_stack(GRID)
@@ -46,6 +48,15 @@ def params(tag: str | None = None, tags: list[str] | None = None) -> list:
 def install(session: nox.Session, row: dict, extras: str = "") -> None:
     session.install(f".{extras}", *pins(row))
     session.run("python", "-m", "pip", "check", silent=True)
+
+
+def install_optimum(session: nox.Session) -> None:
+    """optimum-executorch next to an installed stack: its other requirements, then itself with ``--no-deps``
+    (its exact transformers pin excludes every other release; pip check would report only that pin)."""
+    clients = client_pins()
+    optimum_executorch = clients.pop("optimum-executorch")
+    session.install(*clients.values())
+    session.install("--no-deps", optimum_executorch)
 
 
 @nox.session(python=DEFAULT["python"])
@@ -70,6 +81,8 @@ def tests(session: nox.Session, row: dict) -> None:
     if row["python"] != f"{sys.version_info.major}.{sys.version_info.minor}":
         session.warn(f"row {row['id']} pins Python {row['python']}; this nox runs on {sys.version.split()[0]}")
     install(session, row, "[test]")
+    if "default-stack" in row["tags"]:  # optimum-cli as a client (tests/test_optimum_cli.py; skipped on the other rows)
+        install_optimum(session)
     # The last transformers without Gemma 3n, for the "unsupported release" test (downloaded here, not in tests).
     old = Path(session.create_tmp()) / "old-transformers"
     session.run("python", "-m", "pip", "download", "-q", "--no-deps", "transformers==4.52.4", "-d", str(old))
@@ -102,6 +115,22 @@ def matrix_report(session: nox.Session) -> None:
 
     for path in write_report():
         session.log(f"wrote {path.relative_to(ROOT)}")
+
+
+@nox.session(python=DEFAULT["python"])
+@nox.parametrize("stack", ["optimum-pin", "default"])
+def optimum_cli(session: nox.Session, stack: str) -> None:
+    """optimum-cli as a client (tests/test_optimum_cli.py): on "optimum-pin", pip resolves optimum-executorch with
+    the default stack's torch/executorch/torchao and its own transformers pin, in one line; on "default", the
+    default stack plus optimum-executorch --no-deps (the install lines the README gives)."""
+    if stack == "optimum-pin":
+        session.install(".[test]", *(p for p in pins(DEFAULT) if not p.startswith("transformers")),
+                        client_pins()["optimum-executorch"])  # fmt: skip
+        session.run("python", "-m", "pip", "check", silent=True)
+    else:
+        install(session, DEFAULT, "[test]")
+        install_optimum(session)
+    session.run("pytest", "-p", "no:cacheprovider", "-s", "tests/test_optimum_cli.py", *session.posargs)
 
 
 @nox.session(python=DEFAULT["python"])

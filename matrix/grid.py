@@ -45,6 +45,11 @@ def tool_pin(name: str, path: Path = GRID_FILE) -> str:
     return f"{name}=={tomllib.loads(path.read_text())['tools'][name]}"
 
 
+def client_pins(path: Path = GRID_FILE) -> dict[str, str]:
+    """``name==version`` of each client package in the grid's ``[clients]`` table (optimum-executorch first)."""
+    return {name: f"{name}=={version}" for name, version in tomllib.loads(path.read_text())["clients"].items()}
+
+
 def transformers_releases(path: Path = HERE / "transformers_releases.txt") -> list[str]:
     """Every transformers release with Gemma 3n, oldest first (``transformers_releases.txt``)."""
     return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]

@@ -39,7 +39,8 @@ def require_applied(patch_id: str) -> None:
 
     if not applied(patch_id):
         (status,) = gx.status([patch_id])
-        pytest.skip(f"{patch_id} is {status.state.value} on transformers {transformers.__version__}: {status.reason}")
+        on = f"{status.distribution} {status.version}" if status.version else f"transformers {transformers.__version__}"
+        pytest.skip(f"{patch_id} is {status.state.value} ({on}): {status.reason}")
 
 
 def run_python(

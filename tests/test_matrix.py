@@ -47,7 +47,7 @@ def test_every_declared_boundary_is_bracketed_by_adjacent_releases_in_the_grid()
     assert releases[0] == "4.53.0" and "5.23.0" in releases
     grid = {row["transformers"] for row in tagged("grid")}
     assert releases[0] in grid
-    for patch in REGISTRY:
+    for patch in (p for p in REGISTRY if p.is_transformers_patch):
         assert patch.needed_by(releases[0]), patch.id
         edge = boundary(releases, patch.needed_by)
         if edge is not None:

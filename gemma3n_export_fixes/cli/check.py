@@ -210,11 +210,11 @@ def run_check(say: Say = print, keep: Path | None = None) -> dict[str, Any]:
 
 def print_summary(record: dict[str, Any], say: Say = print) -> None:
     say("")
-    say(f"{'patch':<22}{'state':<15}{'upstream':<28}{'patched':<12}verdict")
+    say(f"{'patch':<25}{'state':<15}{'upstream':<28}{'patched':<12}verdict")
     for p in record["patches"]:
         up = p["upstream"]
         shown = f"bug ({up['error']})" if up["bug"] else "no bug"
-        say(f"{p['id']:<22}{p['state']:<15}{shown[:27]:<28}{'bug' if p['patched']['bug'] else 'no bug':<12}"
+        say(f"{p['id']:<25}{p['state']:<15}{shown[:27]:<28}{'bug' if p['patched']['bug'] else 'no bug':<12}"
             f"{p['verdict']}")  # fmt: skip
     say("")
     say(f"{'export':<13}{'result':<13}{'max abs diff':<14}{'top-1':<8}{'MB':<7}stages (s)")

@@ -39,7 +39,11 @@ def _print_table(con: Console, record: dict[str, Any]) -> None:
         con.print(f"activation: {DISABLE_VAR} leaves out {', '.join(activation['disabled_patches'])}"
                   + (f" (unknown patch ids: {', '.join(unknown)}; known: {', '.join(sorted(known))})"
                      if unknown else ""))  # fmt: skip
-    rows = [(p["id"], p["state"], p["needed_on"], p["reason"]) for p in record["patches"]]
+
+    def needed_on(p: dict[str, Any]) -> str:  # transformers ranges bare; a client's named
+        return p["needed_on"] if p["distribution"] == "transformers" else f"{p['distribution']} {p['needed_on']}"
+
+    rows = [(p["id"], p["state"], needed_on(p), p["reason"]) for p in record["patches"]]
     headers = ("patch", "state", "needed on transformers", "why")
     widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(3)]
     con.print()

@@ -29,14 +29,12 @@ def activation_files() -> list[str]:
 
 
 def import_gemma3n(versions: dict[str, str | None]) -> None:
-    import importlib
 
     if versions.get("transformers") is None:
         raise UserError("transformers is not installed: nothing to patch (pip install 'transformers>=4.53')")
     from packaging.version import InvalidVersion, Version
 
     from gemma3n_export_fixes._startup import install
-    from gemma3n_export_fixes.plugin import WATCHED_MODULES
 
     try:
         too_old = Version(versions["transformers"]) < Version("4.53.0")
@@ -45,17 +43,16 @@ def import_gemma3n(versions: dict[str, str | None]) -> None:
     if too_old:
         raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)")
     install()  # what the .pth does at start-up; honours GEMMA3N_EXPORT_FIXES
-    for name in WATCHED_MODULES:  # Gemma 3n's modelling code first, then the ExecuTorch recipe
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("transformers.models.gemma3n"):
-                raise UserError(
-                    f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)"
-                ) from None
-            raise UserError(f"cannot import {name}: {exc}") from None
-        except ImportError as exc:
-            raise UserError(f"cannot import {name}: {exc}") from None
+    from gemma3n_export_fixes.plugin import import_modules
+
+    try:  # Gemma 3n's modelling code first, then the ExecuTorch recipe, then installed clients' modules
+        import_modules()
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("transformers.models.gemma3n"):
+            raise UserError(f"transformers {versions['transformers']} has no Gemma 3n (it arrived in 4.53.0)") from None
+        raise UserError(f"cannot import a patched module: {exc}") from None
+    except ImportError as exc:
+        raise UserError(f"cannot import a patched module: {exc}") from None
 
 
 def status_record() -> dict[str, Any]:

@@ -16,10 +16,16 @@ from __future__ import annotations
 TARGET_MODULE = "transformers.models.gemma3n.modeling_gemma3n"
 #: The module the recipe patches target (transformers' ExecuTorch recipe: what optimum-cli and ``--kv-cache`` use).
 RECIPE_MODULE = "transformers.integrations.executorch"
+#: The optimum-executorch module the client patch targets (``optimum-cli export executorch --use_custom_sdpa``).
+OPTIMUM_SDPA_MODULE = "optimum.executorch.attentions.custom_sdpa"
+#: The optimum-executorch module of ``--use_custom_kv_cache`` (does not import on transformers without HybridCache).
+OPTIMUM_KV_CACHE_MODULE = "optimum.executorch.attentions.custom_kv_cache"
 #: Every module a patch targets; the post-import hook watches each (a patch applies when its module is imported).
-WATCHED_MODULES = (TARGET_MODULE, RECIPE_MODULE)
+WATCHED_MODULES = (TARGET_MODULE, RECIPE_MODULE, OPTIMUM_SDPA_MODULE, OPTIMUM_KV_CACHE_MODULE)
 
 __all__ = [
+    "OPTIMUM_KV_CACHE_MODULE",
+    "OPTIMUM_SDPA_MODULE",
     "RECIPE_MODULE",
     "TARGET_MODULE",
     "WATCHED_MODULES",
@@ -27,13 +33,14 @@ __all__ = [
     "PatchStatus",
     "State",
     "apply",
+    "import_modules",
     "patched",
     "revert",
     "status",
     "unpatched",
 ]
 
-_API = {"apply", "revert", "status", "patched", "unpatched"}
+_API = {"apply", "import_modules", "revert", "status", "patched", "unpatched"}
 _ENGINE = {"PatchStatus", "State", "Gemma3nExportFixesWarning"}
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 
-from gemma3n_export_fixes.plugin.engine import ENGINE, PatchStatus
+from gemma3n_export_fixes.plugin.engine import ENGINE, PatchStatus, import_targets
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 
 
 def apply(ids: Iterable[str] | None = None) -> list[PatchStatus]:
@@ -21,6 +22,13 @@ def apply(ids: Iterable[str] | None = None) -> list[PatchStatus]:
     ``GEMMA3N_EXPORT_FIXES_DISABLE`` kept out of it.
     """
     return ENGINE.apply(ids=ids)
+
+
+def import_modules() -> list[str]:
+    """Import every module a patch targets, the way an export script would (their import hooks fire): Gemma 3n's
+    modelling code, transformers' ExecuTorch recipe, then installed clients' modules (a client module that
+    does not import on this stack is left out; its patches report why). Returns the names imported."""
+    return list(import_targets(REGISTRY))
 
 
 def revert(ids: Iterable[str] | None = None) -> list[PatchStatus]:
@@ -43,4 +51,4 @@ def patched(ids: Iterable[str] | None = None) -> AbstractContextManager[list[Pat
     return ENGINE.patched(ids)
 
 
-__all__ = ["apply", "patched", "revert", "status", "unpatched"]
+__all__ = ["apply", "import_modules", "patched", "revert", "status", "unpatched"]

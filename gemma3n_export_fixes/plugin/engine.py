@@ -1,8 +1,9 @@
 """The patch engine: decides, installs, undoes and reports; one lock, one record per patch.
 
 Contract:
-- A patch is applied when the installed transformers lies in its declared range AND every target's code
-  has a fingerprint the patch was written for. In range with other code: not applied, warned once.
+- A patch is applied when the installed release of its package (transformers, or a client) lies in its declared
+  range AND every target's code has a fingerprint the patch was written for. In range with other code: not
+  applied, warned once.
 - What gets installed is the plain function the patch built (never a proxy), so every tracer sees it.
 - ``apply`` is idempotent; ``revert`` puts back the very original objects (identity), but never over a
   replacement somebody else installed after us (that is reported, and left alone).
@@ -10,9 +11,11 @@ Contract:
 - All state changes hold one re-entrant lock, so concurrent apply/revert leave a consistent state.
 - ``GEMMA3N_EXPORT_FIXES_DISABLE`` leaves the patches it names out of the automatic run (the import hook);
   they are reported ``disabled``. An explicit ``apply`` does what it is asked.
-- Each patch targets one module (:attr:`Patch.module`: Gemma 3n's modelling code, or transformers' ExecuTorch
-  recipe). Given a module (the import hook), ``apply`` handles only the patches on that module; without one,
-  it imports the module of every selected patch.
+- Each patch targets one module (:attr:`Patch.module`: Gemma 3n's modelling code, transformers' ExecuTorch
+  recipe, or a client's module such as optimum-executorch's) and declares its range on the package that ships
+  it (:attr:`Patch.distribution`); a patch whose package is not installed stays pending and imports nothing.
+  Given a module (the import hook), ``apply`` handles only the patches on that module; without one, it imports
+  the module of every selected patch.
 - A target module is always imported through ``importlib.import_module`` and never under the lock: a
   thread importing it runs the post-import hook, which takes the lock (holding it while importing would
   deadlock), and a module another thread is still importing sits half-built in ``sys.modules``
@@ -62,7 +65,8 @@ class PatchStatus:
     title: str
     state: State
     reason: str
-    transformers: str | None
+    distribution: str
+    version: str | None
     needed_on: str
     changes_eager_numerics: bool
     upstream: str
@@ -78,7 +82,8 @@ class PatchStatus:
             "title": self.title,
             "state": self.state.value,
             "reason": self.reason,
-            "transformers": self.transformers,
+            "distribution": self.distribution,
+            "version": self.version,
             "needed_on": self.needed_on,
             "changes_eager_numerics": self.changes_eager_numerics,
             "upstream": self.upstream,
@@ -99,7 +104,7 @@ class _Record:
     state: State
     reason: str
     module: ModuleType | None = None
-    transformers: str | None = None
+    version: str | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)
     installed: list[_Installed] = field(default_factory=list)
 
@@ -112,6 +117,16 @@ def _transformers_version() -> str:
     import transformers
 
     return str(transformers.__version__)
+
+
+def installed_version(distribution: str) -> str | None:
+    """The version of ``distribution`` in this process: transformers from the imported module (what runs, even
+    from a ``PYTHONPATH`` tree), any other from its installed metadata; ``None`` when it is not installed."""
+    if distribution == "transformers":
+        return _transformers_version()
+    from gemma3n_export_fixes.versions import distribution_version
+
+    return distribution_version(distribution)
 
 
 def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
@@ -134,12 +149,27 @@ def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
         raise _Drift(f"{path}: not defined by {where} itself in this release") from exc
 
 
+#: Client modules that failed to import in this process (module -> the error): their patches stay pending.
+UNIMPORTABLE: dict[str, str] = {}
+
+
 def import_targets(patches: Iterable[Patch], given: ModuleType | None = None) -> dict[str, ModuleType]:
     """The modules ``patches`` target, by name: only ``given`` when set (the hook's module), else each imported
     (or waited for) the safe way. Call without the lock."""
     if given is not None:
         return {given.__name__: given}
-    return {name: importlib.import_module(name) for name in dict.fromkeys(p.module for p in patches)}
+    modules = {}
+    for patch in patches:
+        if patch.module in modules or patch.module in UNIMPORTABLE:
+            continue
+        if patch.is_transformers_patch:
+            modules[patch.module] = importlib.import_module(patch.module)
+        elif installed_version(patch.distribution) is not None:
+            try:  # a client's module may not import on this transformers (its own defect, loud where it is used)
+                modules[patch.module] = importlib.import_module(patch.module)
+            except ImportError as exc:
+                UNIMPORTABLE[patch.module] = f"{type(exc).__name__}: {exc}"
+    return modules
 
 
 class Engine:
@@ -180,12 +210,12 @@ class Engine:
     def _apply(self, modules: dict[str, ModuleType], ids: Iterable[str] | None, automatic: bool) -> list[PatchStatus]:
         disabled = _env.disabled_patches() if automatic else frozenset()
         with self._lock:
-            version = _transformers_version()
             selected = self._select(ids)
             for patch in selected:
                 module = modules.get(patch.module)
                 if module is None:
                     continue
+                version = installed_version(patch.distribution) or "0"
                 record = self._records.get(patch.id)
                 if record and record.state is State.APPLIED and self._intact(record, module):
                     continue
@@ -193,9 +223,9 @@ class Engine:
                     if record is None or record.state is not State.APPLIED:
                         self._records[patch.id] = _Record(
                             State.DISABLED,
-                            f"disabled: {_env.DISABLE_VAR} names it (transformers {version}: "
+                            f"disabled: {_env.DISABLE_VAR} names it ({patch.distribution} {version}: "
                             f"{'needs it' if patch.needed_by(version) else 'does not need it'})",
-                            module=module, transformers=version,
+                            module=module, version=version,
                         )  # fmt: skip
                     continue
                 self._records[patch.id] = self._apply_one(patch, module, version)
@@ -230,16 +260,17 @@ class Engine:
                 self.apply(ids=was_applied)
 
     def _apply_one(self, patch: Patch, module: ModuleType, version: str) -> _Record:
-        record = _Record(State.PENDING, "", module=module, transformers=version)
+        record = _Record(State.PENDING, "", module=module, version=version)
+        package = patch.distribution
         if not patch.needed_by(version):
             record.state = State.NOT_NEEDED
-            record.reason = f"not needed: transformers {version} is outside {patch.needed_on} ({patch.upstream})"
+            record.reason = f"not needed: {package} {version} is outside {patch.needed_on} ({patch.upstream})"
             return record
         try:
             originals = self._check_targets(patch, module, record)
         except _Drift as exc:
             record.state = State.SKIPPED
-            record.reason = f"skipped: {exc}; transformers {version} should need it ({patch.needed_on})"
+            record.reason = f"skipped: {exc}; {package} {version} should need it ({patch.needed_on})"
             self._warn(patch, record.reason)
             return record
         try:
@@ -256,7 +287,7 @@ class Engine:
             self._warn(patch, record.reason)
             return record
         record.state = State.APPLIED
-        record.reason = f"applied: transformers {version} is in {patch.needed_on} and the code matches"
+        record.reason = f"applied: {package} {version} is in {patch.needed_on} and the code matches"
         if patch.beyond_verified(version):
             record.reason += (
                 f" (newer than the newest release checked, {patch.verified_through}: the fingerprints decided)"
@@ -340,7 +371,8 @@ class Engine:
             title=patch.title,
             state=record.state,
             reason=record.reason,
-            transformers=record.transformers,
+            distribution=patch.distribution,
+            version=record.version,
             needed_on=str(patch.needed_on),
             changes_eager_numerics=patch.changes_eager_numerics,
             upstream=patch.upstream,
@@ -351,6 +383,10 @@ class Engine:
     def _pending_reason(patch: Patch) -> str:
         if _env.disabled_by_env():
             return f"pending: {_env.ENV_VAR} turns the automatic patching off in this process (apply() still works)"
+        if not patch.is_transformers_patch and installed_version(patch.distribution) is None:
+            return f"pending: {patch.distribution} is not installed (the patch applies when {patch.module} is imported)"
+        if patch.module in UNIMPORTABLE:
+            return f"pending: {patch.module} does not import here ({UNIMPORTABLE[patch.module]})"
         return f"pending: {patch.module} has not been imported in this process"
 
     def _warn(self, patch: Patch, reason: str) -> None:

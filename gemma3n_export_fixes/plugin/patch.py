@@ -48,15 +48,16 @@ class Reproduction:
 
 @dataclass(frozen=True)
 class Patch:
-    """A reversible fix for one defect in the transformers code a Gemma 3n export runs.
+    """A reversible fix for one defect in the code a Gemma 3n export runs (transformers', or a client's).
 
-        ``needed_on`` is the PEP 440 range of transformers releases that have the defect (pre-releases
-        included); ``verified_through`` is the newest release whose code was checked by hand: on a newer release
-    the fingerprints alone decide, and the status says so. ``build``
-        receives the original upstream functions (``{path: function}``, replaced targets only) and returns
-        the plain functions to install at the same paths; it must not touch anything itself. ``reproduce``
-        runs the defect's reproducer against whatever code is installed right now (patched or not).
-        ``module`` is the module the target paths start from; the patch applies when it is imported.
+    ``needed_on`` is the PEP 440 range of releases of :attr:`distribution` (transformers, or a client such as
+    optimum-executorch) that have the defect (pre-releases included); ``verified_through`` is the newest release
+    whose code was checked by hand: on a newer release the fingerprints alone decide, and the status says so.
+    ``build`` receives the original upstream functions (``{path: function}``, replaced targets only) and returns
+    the plain functions to install at the same paths; it must not touch anything itself. ``reproduce`` runs the
+    defect's reproducer against whatever code is installed right now (patched or not). ``module`` is the module
+    the target paths start from; the patch applies when it is imported. ``distribution`` is the package that
+    ships ``module``: while it is not installed, the patch stays pending.
     """
 
     id: str
@@ -71,11 +72,17 @@ class Patch:
     upstream: str = ""
     notes: tuple[str, ...] = field(default=())
     module: str = TARGET_MODULE
+    distribution: str = "transformers"
 
-    def needed_by(self, transformers_version: str) -> bool:
-        """True when ``transformers_version`` lies in :attr:`needed_on` (pre-releases count)."""
-        return self.needed_on.contains(Version(transformers_version), prereleases=True)
+    @property
+    def is_transformers_patch(self) -> bool:
+        """Whether the defect is in transformers (the grid's axis); else in a client (see ``distribution``)."""
+        return self.distribution == "transformers"
 
-    def beyond_verified(self, transformers_version: str) -> bool:
-        """True when ``transformers_version`` is newer than every release this patch was checked against."""
-        return Version(transformers_version) > Version(self.verified_through)
+    def needed_by(self, version: str) -> bool:
+        """True when ``version`` (of :attr:`distribution`) lies in :attr:`needed_on` (pre-releases count)."""
+        return self.needed_on.contains(Version(version), prereleases=True)
+
+    def beyond_verified(self, version: str) -> bool:
+        """True when ``version`` is newer than every release this patch was checked against."""
+        return Version(version) > Version(self.verified_through)

@@ -1,4 +1,8 @@
-"""Greedy decoding over a KV-cache program: ``forward(input_ids [1, T], cache_position [T]) -> logits``."""
+"""Greedy decoding over a KV-cache program: ``forward(input_ids [1, T], cache_position [T]) -> logits``.
+
+Our programs take up to the whole cache per call; optimum-cli's take one token per call (static ``[1, 1]``):
+such a program is prefilled token by token.
+"""
 
 from __future__ import annotations
 
@@ -31,21 +35,26 @@ class Greedy:
 class Decoder:
     """Greedy decoding over a KV-cache ``forward(input_ids, cache_position) -> logits``.
 
-    ``run`` is the program's forward (runtime method or exported module) taking ``[ids, positions]``.
+    ``run`` is the program's forward (runtime method or exported module) taking ``[ids, positions]``;
+    ``tokens_per_call`` is the most tokens one call takes (1 for a static single-token program).
     """
 
     run: Callable[[Any, Any], Any]
     max_seq_len: int
+    tokens_per_call: int | None = None
 
     def _call(self, ids: list[int], start: int) -> torch.Tensor:
         import torch
 
         if start + len(ids) > self.max_seq_len:
             raise UserError(f"{start + len(ids)} tokens do not fit the program's cache of {self.max_seq_len}")
-        tokens = torch.tensor([ids], dtype=torch.long)
-        positions = torch.arange(start, start + len(ids), dtype=torch.long)
+        step = self.tokens_per_call or len(ids)
         with runtime_errors():
-            return self.run(tokens, positions)[0, -1].float()
+            for at in range(0, len(ids), step):
+                tokens = torch.tensor([ids[at : at + step]], dtype=torch.long)
+                positions = torch.arange(start + at, start + at + tokens.shape[1], dtype=torch.long)
+                logits = self.run(tokens, positions)
+        return logits[0, -1].float()
 
     def teacher_forced(self, prompt: list[int], continuation: list[int]) -> list[torch.Tensor]:
         """Next-token logits after the prompt and after each token of ``continuation`` (the last one excluded)."""
@@ -85,4 +94,8 @@ def runtime_decoder(program: Any) -> Decoder:
     with runtime_errors("the program's KV-cache methods cannot be loaded"):
         method = program.load_method("forward")
         max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
-    return Decoder(run=lambda ids, pos: method.execute([ids, pos])[0], max_seq_len=max_seq_len)
+        # the largest input_ids the method accepts (its upper bound when the shape is dynamic)
+        tokens_per_call = int(method.metadata.input_tensor_meta(0).sizes()[-1])
+    return Decoder(
+        run=lambda ids, pos: method.execute([ids, pos])[0], max_seq_len=max_seq_len, tokens_per_call=tokens_per_call
+    )

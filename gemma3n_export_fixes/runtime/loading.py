@@ -31,6 +31,21 @@ def check_pte_header(path: Path) -> None:
             raise UserError(f"{path}: truncated ExecuTorch program ({size} bytes, header says more)")
 
 
+def _calls_llm_custom_ops(path: Path, limit: int = 64 << 20) -> bool:
+    """Whether the program's operator table names ExecuTorch's LLM custom ops (``llama::...``).
+
+    The table lives in the flatbuffer, which the extended header sizes (delegate and constant segments follow
+    it); without that header the first ``limit`` bytes are searched.
+    """
+    import struct
+
+    with path.open("rb") as f:
+        head = f.read(32)
+        size = struct.unpack_from("<Q", head, 16)[0] if head[8:12] == b"eh00" else limit
+        f.seek(0)
+        return b"llama::" in f.read(min(size, limit))
+
+
 @contextmanager
 def runtime_errors(what: str = "the ExecuTorch runtime failed to run the program") -> Iterator[None]:
     """Turn a runtime failure inside the block into a one-line :class:`UserError` (user errors pass as they are)."""
@@ -51,6 +66,8 @@ def load_program(path: Path) -> Any:
     from gemma3n_export_fixes.export.quant import load_quantized_kernels
 
     load_quantized_kernels()  # quantized embeddings; a device runner links them the same way
+    if _calls_llm_custom_ops(path):  # optimum-cli's --use_custom_sdpa programs: llama::custom_sdpa
+        import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (2.6 s: only when needed)
     from executorch.runtime import Runtime
 
     with runtime_errors(f"{path}: not a loadable ExecuTorch program"):

@@ -7,6 +7,8 @@ from gemma3n_export_fixes.plugin.patches import (
     altup_clamp,
     gaussian_topk,
     kv_share_nocache,
+    optimum_custom_kv_cache,
+    optimum_custom_sdpa,
     recipe_sliding_cache,
     recipe_sliding_mask,
 )
@@ -17,6 +19,9 @@ REGISTRY: tuple[Patch, ...] = (
     kv_share_nocache.PATCH,
     recipe_sliding_cache.PATCH,
     recipe_sliding_mask.PATCH,
+    # a client's modules (optimum-executorch): pending while it is not installed
+    optimum_custom_sdpa.PATCH,
+    optimum_custom_kv_cache.PATCH,
 )
 
 
