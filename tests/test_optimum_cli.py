@@ -70,6 +70,7 @@ def optimum_export(tmp_path_factory, tiny_checkpoint):
 
 @pytest.mark.parametrize("config", sorted(FLAGS))
 def test_program_decodes_like_eager_past_the_sliding_window(config, optimum_export, tiny_checkpoint):
+    import transformers
     from optimum.exporters.executorch.quantization import quantize_model_
 
     from gemma3n_export_fixes.models.sources import load_model
@@ -86,7 +87,8 @@ def test_program_decodes_like_eager_past_the_sliding_window(config, optimum_expo
     result = validate_kv(load_program(pte), reference, kind=kind)
     window = result.sliding_window
     print(
-        f"optimum-cli {config} (optimum-executorch {OPTIMUM_EXECUTORCH}): {result.prompt_len}-token prompt + "
+        f"optimum-cli {config} (optimum-executorch {OPTIMUM_EXECUTORCH}, transformers {transformers.__version__}): "
+        f"{result.prompt_len}-token prompt + "
         f"{result.new_tokens} tokens, window {window}: max abs diff {result.max_abs_diff:.3g}, teacher-forced top-1 "
         f"{result.top1_agreement:.0%}, greedy tokens {'identical' if result.tokens_match else 'differ'}"
     )
