@@ -44,6 +44,28 @@ def test_quantized_embedding_error_is_within_half_a_step(rows, groups, scheme, s
     assert quantized.qweight.shape[1] == embedding.embedding_dim // (1 if scheme == "8w" else 2)
 
 
+@pytest.mark.parametrize("scheme", ["8w", "4w"])
+def test_eager_lookup_dequantizes_only_the_rows_it_reads(scheme):
+    """Eager (validate's reference) gathers the looked-up rows before the op: bit-identical to the op on the
+    whole table, which is what a traced program keeps (one op over the full table, strict and non-strict)."""
+    import torch
+
+    from gemma3n_export_fixes.export.quant import QuantizedEmbeddingFactory
+
+    torch.manual_seed(0)
+    quantized = QuantizedEmbeddingFactory.build(torch.nn.Embedding(300, 64), scheme, torch.float32)
+    ids = torch.randint(0, 300, (2, 7))
+    ops = torch.ops.quantized_decomposed
+    name = "embedding_byte" if scheme == "8w" else "embedding_4bit"
+    qmin, qmax, op = (-128, 127, ops.embedding_byte) if scheme == "8w" else (-8, 7, ops.embedding_4bit)
+    whole = op.dtype(quantized.qweight, quantized.scales, None, qmin, qmax, ids, dtype=torch.float32)
+    assert torch.equal(quantized(ids), whole)
+    for strict in (False, True):
+        graph = torch.export.export(quantized, (ids,), strict=strict).graph
+        calls = [str(n.target) for n in graph.nodes if n.op == "call_function"]
+        assert calls == [f"quantized_decomposed.{name}.dtype"], (strict, calls)
+
+
 def test_embed_scale_is_kept(gemma3n_module):
     """Gemma 3n's scaled embeddings multiply the looked-up rows; the quantized copy must too."""
     import torch

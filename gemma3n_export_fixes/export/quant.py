@@ -102,6 +102,14 @@ def quantize_table(
     return packed, scales
 
 
+def _tracing(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` flows through a tracer (Dynamo, ``torch.export`` strict or not) rather than eager code."""
+    import torch
+    from torch._guards import detect_fake_mode
+
+    return bool(torch.compiler.is_compiling() or detect_fake_mode([tensor]) is not None)
+
+
 class QuantizedEmbeddingFactory:
     """Builds the quantized embedding module (kept out of import time: it subclasses ``torch.nn.Module``)."""
 
@@ -131,14 +139,18 @@ class QuantizedEmbeddingFactory:
 
             def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
                 ops = torch.ops.quantized_decomposed
+                qweight, scales, ids = self.qweight, self.scales, input_ids
+                if not _tracing(input_ids):
+                    # eager (validate's reference): the ops' Python kernels dequantize the whole table per call
+                    # (E2B's per-layer table: 8 GB in float32); each row is dequantized on its own, so gathering
+                    # the looked-up rows first gives the same numbers. A traced program keeps the one op.
+                    rows = input_ids.reshape(-1)
+                    qweight, scales = qweight[rows], scales[rows]
+                    ids = torch.arange(rows.numel(), device=rows.device).reshape(input_ids.shape)
                 if scheme == "8w":
-                    out = ops.embedding_byte.dtype(
-                        self.qweight, self.scales, None, -128, 127, input_ids, dtype=self.scales.dtype
-                    )
+                    out = ops.embedding_byte.dtype(qweight, scales, None, -128, 127, ids, dtype=scales.dtype)
                 else:
-                    out = ops.embedding_4bit.dtype(
-                        self.qweight, self.scales, None, -8, 7, input_ids, dtype=self.scales.dtype
-                    )
+                    out = ops.embedding_4bit.dtype(qweight, scales, None, -8, 7, ids, dtype=scales.dtype)
                 return out if self.embed_scale is None else out * self.embed_scale.to(out.dtype)
 
         return QuantizedEmbedding(embedding)
