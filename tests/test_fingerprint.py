@@ -38,9 +38,11 @@ def test_installed_release_matches_declared_fingerprints_where_the_patch_is_need
     import importlib
 
     import gemma3n_export_fixes as gx
-    from gemma3n_export_fixes.plugin.engine import _resolve, installed_version
+    from gemma3n_export_fixes.plugin.engine import UNIMPORTABLE, _resolve, installed_version
 
-    needed = [p for p in REGISTRY if (v := installed_version(p.distribution)) and p.needed_by(v)]
+    # a client's module that does not import here (optimum's custom_kv_cache on 5.23) has no code to check
+    usable = [p for p in REGISTRY if p.module not in UNIMPORTABLE]
+    needed = [p for p in usable if (v := installed_version(p.distribution)) and p.needed_by(v)]
     assert needed, "every release with Gemma 3n needs at least gaussian-topk"
     with gx.unpatched():
         for patch in needed:
