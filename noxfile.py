@@ -5,7 +5,9 @@ nox -s lint tests                   # ruff (check + format --check), then the te
 nox -s "tests(tf4.57.6-et1.5.1)"    # one row
 nox -s matrix                       # `check --json` on every "grid" row -> matrix/results/<id>.json
 nox -s "matrix(tf5.6.0-et1.5.1)"    # one cell; `-- --force` re-runs a cell whose result is current,
-                                    # `-- --heavy` lets a "heavy" row (another torch: multi-GB) run
+                                    # `-- --heavy` lets a "heavy" row (another torch: multi-GB) run;
+                                    # `-- --no-lowered-cache`: every cell lowers its own programs (by
+                                    # default a graph lowered by an earlier cell on the same stack is reused)
 nox -s "matrix(tf-next-et1.5.1)" -- --next   # the newest transformers (pre-releases too) at run time: drop
                                     # candidates in matrix/README.md before anyone reads a changelog
 nox -s matrix -t smoke              # the smoke rows (CI)
@@ -95,7 +97,7 @@ def tests(session: nox.Session, row: dict) -> None:
 @nox.parametrize("row", params())
 def matrix(session: nox.Session, row: dict) -> None:
     """One grid cell: its own venv with the row's pins, `check --json`, result in matrix/results/<id>.json."""
-    from matrix.cell import run_cell
+    from matrix.cell import LOWERED_CACHE, run_cell
 
     if "heavy" in row["tags"] and "--heavy" not in session.posargs:
         session.skip(f"{row['id']} is a heavy row (torch {row['torch']}); run it with -- --heavy")
@@ -103,7 +105,8 @@ def matrix(session: nox.Session, row: dict) -> None:
         session.skip(f"{row['id']} installs the newest transformers the registry serves today; run it with -- --next")
     if is_current(row) and "--force" not in session.posargs:
         session.skip(f"{row['id']}: stored result is current (inputs {inputs_hash(row)[:12]}); -- --force re-runs")
-    record = run_cell(row, ROOT / ".nox" / f"matrix-{row['id']}", log=session.log)
+    cache = None if "--no-lowered-cache" in session.posargs else LOWERED_CACHE
+    record = run_cell(row, ROOT / ".nox" / f"matrix-{row['id']}", log=session.log, lowered_cache=cache)
     if not record.get("ok"):  # the evidence is stored either way; the session says it failed
         session.error(f"{row['id']}: check failed (see matrix/results/{row['id']}.json)")
 

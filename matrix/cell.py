@@ -24,6 +24,8 @@ from typing import Any
 from matrix.grid import ROOT, Row, inputs_hash, install_flags, pins, result_path
 
 Log = Callable[[str], None]
+#: Shared by the cells of one machine (kept out of git with the rest of ``.nox``).
+LOWERED_CACHE = ROOT / ".nox" / "lowered-cache"
 
 
 def _pip_find_links() -> list[str]:
@@ -74,8 +76,11 @@ def installed_distributions(venv: Path) -> dict[str, str]:
     return dict(json.loads(out.stdout))
 
 
-def run_cell(row: Row, venv: Path, log: Log = print) -> dict[str, Any]:
-    """Install the row into ``venv``, run ``check --json`` there, store and return the cell's result."""
+def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None = LOWERED_CACHE) -> dict[str, Any]:
+    """Install the row into ``venv``, run ``check --json`` there, store and return the cell's result.
+
+    ``lowered_cache``: where lowered programs are shared between cells (``None``: every cell lowers its own).
+    """
     started = time.perf_counter()
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     cli = _create_venv(row, venv, log)
@@ -86,6 +91,11 @@ def run_cell(row: Row, venv: Path, log: Log = print) -> dict[str, Any]:
         # as if the venv were activated: some executorch releases (1.0.x) run a `flatc` found on PATH
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env["VIRTUAL_ENV"] = str(venv)
+        # an exported graph lowered by an earlier cell on the same torch/executorch/torchao is not lowered again
+        # (gemma3n_export_fixes.export.lowered_cache); a fixed hash seed makes XNNPACK's lowering byte-stable
+        env.setdefault("PYTHONHASHSEED", "0")
+        if lowered_cache is not None:
+            env["GEMMA3N_EXPORT_FIXES_LOWERED_CACHE"] = str(lowered_cache)
         log(f"{cli} check --json ...")
         proc = subprocess.run([str(cli), "check", "--json", str(record_file)], cwd=tmp, env=env,
                               capture_output=True, text=True)  # fmt: skip
@@ -102,6 +112,7 @@ def run_cell(row: Row, venv: Path, log: Log = print) -> dict[str, Any]:
         "install_seconds": round(installed - started, 1),
         "check_seconds": round(time.perf_counter() - installed, 1),
         "check_exit_code": proc.returncode,
+        "lowered_cache": bool(lowered_cache),
         "installed": installed_distributions(venv),
     }
     path = result_path(row)

@@ -98,11 +98,20 @@ def package_files(root: Path = ROOT) -> list[Path]:
 
 
 def inputs_hash(row: Row, root: Path = ROOT) -> str:
-    """sha256 of the row's pins and the package sources: a stored result with the same hash is current."""
+    """sha256 of the row's pins and the package sources: a stored result with the same hash is current.
+
+    A Python source counts by its code (``module_fingerprint``: docstrings, comments and formatting left
+    out, so rewording one does not stale the grid); the build and activation files by their bytes.
+    """
+    from gemma3n_export_fixes.plugin.fingerprint import module_fingerprint
+
     digest = hashlib.sha256(json.dumps({k: row[k] for k in ("python", *STACK)}, sort_keys=True).encode())
     for path in package_files(root):
         digest.update(str(path.relative_to(root)).encode())
-        digest.update(path.read_bytes())
+        if path.suffix == ".py":
+            digest.update(module_fingerprint(path.read_text(encoding="utf-8")).encode())
+        else:
+            digest.update(path.read_bytes())
     return digest.hexdigest()
 
 

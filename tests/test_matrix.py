@@ -122,3 +122,27 @@ def test_the_next_row_reports_a_drop_candidate_and_is_never_evidence():
         assert row not in [r for r, _ in evidence([row])]
     finally:
         report.load_result = original
+
+
+def test_inputs_hash_reads_code_not_docstrings_or_comments(tmp_path):
+    from matrix.grid import inputs_hash
+
+    (tmp_path / "gemma3n_export_fixes").mkdir()
+    (tmp_path / "activation").mkdir()
+    (tmp_path / "activation" / "x.pth").write_text("import x\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\n")
+    module = tmp_path / "gemma3n_export_fixes" / "m.py"
+    row = load_rows()[0]
+
+    def hashed(source: str) -> str:
+        module.write_text(source)
+        return inputs_hash(row, tmp_path)
+
+    base = hashed('"""Doc."""\n\n\ndef f(x):\n    """Doc."""\n    return x + 1\n')
+    assert hashed('"""Reworded."""\n# a comment\ndef f(x):\n    """Other."""\n    return (x + 1)\n') == base
+    assert hashed('"""Doc."""\n\n\ndef f(x):\n    """Doc."""\n    return x + 2\n') != base
+    assert hashed('"""Doc."""\n\n\ndef f(x):\n    return "x + 1"\n') != base  # a string that is not a docstring
+    module.write_text("def f(x):\n    return x + 1\n")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'y'\n")
+    assert inputs_hash(row, tmp_path) != base
+    assert inputs_hash({**row, "transformers": "0.0.1"}, tmp_path) != inputs_hash(row, tmp_path)

@@ -22,8 +22,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,17 @@ Say = Callable[[str], None]
 GOOD_VERDICTS = ("fixed", "not-needed")
 
 
-def _reproduce(mode: str) -> list[dict[str, Any]]:
+def _job_env(jobs: int) -> dict[str, str]:
+    """The environment of a job process: with jobs side by side, one intra-op thread each unless the user
+    chose (the jobs are the parallelism; OpenMP threads spin while they wait, so two jobs with two threads
+    each on two cores slow each other down)."""
+    return {"OMP_NUM_THREADS": "1", **os.environ} if jobs > 1 else dict(os.environ)
+
+
+def _reproduce(mode: str, jobs: int = 1) -> list[dict[str, Any]]:
     from gemma3n_export_fixes._env import ENV_VAR
 
-    env = {k: v for k, v in os.environ.items() if k != ENV_VAR}
+    env = {k: v for k, v in _job_env(jobs).items() if k != ENV_VAR}
     if mode == "upstream":
         env[ENV_VAR] = "0"
     result = subprocess.run(
@@ -60,17 +69,14 @@ def verdict(state: str, upstream_bug: bool, patched_bug: bool) -> str:
     return "not-needed"
 
 
-def _patch_rows(statuses: list[dict[str, Any]], say: Say) -> list[dict[str, Any]]:
-    say("reproducers: upstream code (fresh process, GEMMA3N_EXPORT_FIXES=0) ...")
-    start = time.perf_counter()
-    upstream = {r["id"]: r for r in _reproduce("upstream")}
-    say(f"reproducers: upstream done in {time.perf_counter() - start:.1f} s; patched code (fresh process) ...")
-    start = time.perf_counter()
-    patched = {r["id"]: r for r in _reproduce("patched")}
-    say(f"reproducers: patched done in {time.perf_counter() - start:.1f} s")
+def _patch_rows(
+    statuses: list[dict[str, Any]], upstream: list[dict[str, Any]], patched: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per patch: its state, both reproducer outcomes, the verdict."""
+    ups, fixes = {r["id"]: r for r in upstream}, {r["id"]: r for r in patched}
     rows = []
     for status in statuses:
-        up, fixed = upstream[status["id"]], patched[status["id"]]
+        up, fixed = ups[status["id"]], fixes[status["id"]]
         rows.append(
             {
                 "id": status["id"],
@@ -87,6 +93,10 @@ def _patch_rows(statuses: list[dict[str, Any]], say: Say) -> list[dict[str, Any]
 
 #: The tiny model's KV cache: prompt + twice the sliding window (8) fits.
 TINY_MAX_SEQ_LEN = 32
+
+
+#: The exports that take longest (XNNPACK lowering), started first so the jobs end together.
+LONGEST_FIRST = ("kv-8da4w-4w", "xnnpack", "kv-portable")
 
 
 def check_exports() -> dict[str, Any]:
@@ -121,7 +131,7 @@ def _tokens_phrase(options: Any, result: Any) -> str:
     )
 
 
-def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dict[str, Any]:
+def export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dict[str, Any]:
     from gemma3n_export_fixes.export.program import export_pte
     from gemma3n_export_fixes.models.sources import load_model
     from gemma3n_export_fixes.runtime.loading import load_forward, load_program
@@ -130,7 +140,7 @@ def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> di
     out = workdir / f"tiny-{name}.pte"
     say(f"export tiny -> {name} ...")
     try:
-        record = export_pte(load_model("tiny"), out, options, progress=say)
+        record = export_pte(load_model("tiny"), out, options, progress=lambda line: say(f"  {name} {line.strip()}"))
         start = time.perf_counter()
         program = load_program(out)
         reference, float_model = reference_models("tiny", options)
@@ -160,42 +170,97 @@ def _export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> di
         "ok": result.ok,
         "pte_bytes": record["pte"]["bytes"],
         "peak_rss_mb": record["peak_rss_mb"],
+        "lowering": record["lowering"],
         "seconds": seconds,
         "validation": result.to_dict(),
     }
 
 
-def run_check(say: Say = print, keep: Path | None = None) -> dict[str, Any]:
+def _export_in_child(name: str, workdir: Path, say: Say, jobs: int) -> dict[str, Any]:
+    """:func:`export_and_validate` in a fresh process (``check_job``), its progress relayed through ``say``."""
+    options = check_exports()[name]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "gemma3n_export_fixes.cli.check_job", name, str(workdir)],
+        stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(), env=_job_env(jobs),
+    )  # fmt: skip
+    row: dict[str, Any] | None = None
+    assert child.stdout is not None
+    for line in child.stdout:
+        kind, _, text = line.rstrip("\n").partition(" ")
+        if kind == "progress":
+            say(text)
+        elif kind == "result":
+            row = json.loads(text)
+    code = child.wait()
+    if row is None:
+        error = f"the export process died (exit code {code}) before it reported"
+        say(f"export tiny -> {name}: FAILED: {error}")
+        return {"name": name, "backend": options.backend, "options": options.describe(), "ok": False, "error": error}
+    return row
+
+
+def default_jobs() -> int:
+    """How many of check's jobs run at once: one per core, at most 4 (each export needs ~1.3 GB)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def run_check(say: Say = print, keep: Path | None = None, jobs: int | None = None) -> dict[str, Any]:
     """Run the whole check; returns the machine record (``ok`` says whether everything passed).
 
-    ``keep``: a directory to leave the exported programs (``tiny-<name>.pte`` + ``.json``) in.
+    ``keep``: a directory to leave the exported programs (``tiny-<name>.pte`` + ``.json``) in. ``jobs``: how
+    many of its independent jobs (the two reproducer processes, one process per export) run at once
+    (:func:`default_jobs` when not given); the longest start first, and the record is the same in any order.
     """
     from gemma3n_export_fixes.cli.stack import status_record
     from gemma3n_export_fixes.export.kvcache import unsupported_reason
 
     require("executorch", "check", "executorch")
+    jobs = jobs or default_jobs()
     started = time.perf_counter()
     status = status_record()
     versions = status["versions"]
     say("stack: " + ", ".join(f"{k} {v or 'not installed'}" for k, v in versions.items()))
     for p in status["patches"]:
         say(f"patch {p['id']}: {p['state']}")
-    patches = _patch_rows(status["patches"], say)
     kv_reason = unsupported_reason(versions["transformers"] or "0")
     if kv_reason:
         say(f"KV cache: refused: {kv_reason}")
+    lock = threading.Lock()
 
-    def run(name: str, options: Any, workdir: Path) -> dict[str, Any]:
+    def said(line: str) -> None:
+        with lock:
+            say(line)
+
+    def reproduce(mode: str) -> list[dict[str, Any]]:
+        what = "upstream code (GEMMA3N_EXPORT_FIXES=0)" if mode == "upstream" else "patched code"
+        said(f"reproducers: {what}, fresh process ...")
+        start = time.perf_counter()
+        rows = _reproduce(mode, jobs)
+        said(f"reproducers: {mode} done in {time.perf_counter() - start:.1f} s")
+        return rows
+
+    def export(name: str, workdir: Path) -> dict[str, Any]:
+        options = check_exports()[name]
         if options.kv_cache and kv_reason:
             return _kv_refused(name, options, kv_reason)
-        return _export_and_validate(name, options, workdir, say)
+        return _export_in_child(name, workdir, said, jobs)
+
+    def run_all(workdir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+        names = list(check_exports())
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            longest_first = {name: pool.submit(export, name, workdir) for name in LONGEST_FIRST if name in names}
+            upstream, patched = pool.submit(reproduce, "upstream"), pool.submit(reproduce, "patched")
+            rest = {name: pool.submit(export, name, workdir) for name in names if name not in longest_first}
+            futures = {**longest_first, **rest}
+            return upstream.result(), patched.result(), [futures[name].result() for name in names]
 
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        done = [run(name, options, keep) for name, options in check_exports().items()]
+        upstream, patched, done = run_all(keep)
     else:
         with tempfile.TemporaryDirectory(prefix="gemma3n-check-") as tmp:
-            done = [run(name, options, Path(tmp)) for name, options in check_exports().items()]
+            upstream, patched, done = run_all(Path(tmp))
+    patches = _patch_rows(status["patches"], upstream, patched)
     ok = all(p["verdict"] in GOOD_VERDICTS for p in patches) and all(e["ok"] for e in done)
     return {
         "format": "gemma3n-export-fixes/check/1",
@@ -204,6 +269,7 @@ def run_check(say: Say = print, keep: Path | None = None) -> dict[str, Any]:
         "activation": status["activation"],
         "patches": patches,
         "exports": done,
+        "jobs": jobs,
         "seconds": round(time.perf_counter() - started, 1),
     }
 
@@ -231,7 +297,8 @@ def print_summary(record: dict[str, Any], say: Say = print) -> None:
         say(f"{name:<13}{'OK' if e['ok'] else 'MISMATCH':<13}{v['max_abs_diff']:<14.2e}"
             f"{v['top1_agreement']:<8.0%}{e['pte_bytes'] / 1e6:<7.2f}{stages}")  # fmt: skip
     say("")
-    say(f"check: {'OK' if record['ok'] else 'FAILED'} in {record['seconds']} s")
+    jobs = f" ({record['jobs']} jobs at a time)" if record.get("jobs") else ""
+    say(f"check: {'OK' if record['ok'] else 'FAILED'} in {record['seconds']} s{jobs}")
 
 
 def write_json(record: dict[str, Any], path: Path) -> None:

@@ -237,7 +237,9 @@ def _cmd_check(args: argparse.Namespace, con: Console) -> int:
     keep = Path(args.keep) if args.keep else None
     if keep is not None and keep.exists() and not keep.is_dir():
         raise UserError(f"--keep {args.keep}: exists and is not a directory")
-    record = run_check(say=con.print, keep=keep)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: must be at least 1")
+    record = run_check(say=con.print, keep=keep, jobs=args.jobs)
     print_summary(record, say=con.print)
     if args.json:
         write_json(record, Path(args.json))
@@ -404,12 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="the main job: patch states, reproducers, export + validate of tiny on portable and XNNPACK",
         description=(
             "For the installed stack: versions, each patch's state, each patch's reproducer on the upstream and "
-            "on the patched code (two fresh processes), then export + validate of the built-in tiny model on the "
-            "portable and XNNPACK paths. Exit 0 when every patch verdict is good and both exports validate."
+            "on the patched code (two fresh processes), then export + validate of the built-in tiny model four "
+            "ways (fixed window portable and XNNPACK, KV cache portable, KV cache 8da4w + 4w on XNNPACK), each in a "
+            "process of its own, as many at once as --jobs. Exit 0 when every patch verdict is good and every "
+            "export validates."
         ),
     )
     check.add_argument("--json", metavar="FILE", help="also write the machine record (what a matrix cell stores)")
     check.add_argument("--keep", metavar="DIR", help="keep the exported programs (tiny-NAME.pte + .json) in DIR")
+    check.add_argument(
+        "--jobs", type=int, metavar="N",
+        help="how many of its jobs (reproducer and export processes) run at once (default: one per core, at most 4; "
+             "each export needs ~1.3 GB)",
+    )  # fmt: skip
     check.set_defaults(func=_cmd_check)
     return parser
 

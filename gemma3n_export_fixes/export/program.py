@@ -15,6 +15,7 @@ process and the weight bytes before (float) and after quantization (as stored).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -107,6 +108,9 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     import torch
     from executorch.exir import to_edge
 
+    from gemma3n_export_fixes._env import xnnpack_forms_enabled
+    from gemma3n_export_fixes.export import lowered_cache
+
     timer = StageTimer(progress)
     model = loaded.model
     parameters = loaded.parameters  # before quantizing: quantized tables become buffers
@@ -124,23 +128,34 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
         example = (torch.zeros(1, options.seq_len, dtype=torch.long),)
         with timer.stage("export", "torch.export(strict=False)"):
             exported = torch.export.export(TextOnlyLogits.wrap(model), example, strict=False)
-    if options.backend == "xnnpack":
-        from gemma3n_export_fixes._env import xnnpack_forms_enabled
-        from gemma3n_export_fixes.export.lowering import lower_to_xnnpack
+    forms = xnnpack_forms_enabled() if options.backend == "xnnpack" else None  # None: the portable path
+    key = lowered_cache.program_key(exported, options.describe(), methods, forms) if lowered_cache.cache_dir() else None
+    hit = lowered_cache.lookup(key) if key else None
+    if hit is None:
+        if forms is not None:
+            from gemma3n_export_fixes.export.lowering import lower_to_xnnpack
 
-        with timer.stage("lower", "to_edge_transform_and_lower(XnnpackPartitioner)"):
-            edge, lowering = lower_to_xnnpack(exported, methods, forms=xnnpack_forms_enabled())
-        progress(f"  lower: {lowering['partitions']} XNNPACK partitions")
+            with timer.stage("lower", "to_edge_transform_and_lower(XnnpackPartitioner)"):
+                edge, lowering = lower_to_xnnpack(exported, methods, forms=forms)
+            progress(f"  lower: {lowering['partitions']} XNNPACK partitions")
+        else:
+            with timer.stage("lower", "to_edge (portable kernels)"):
+                edge = to_edge(exported, constant_methods=methods or None)
+        del exported
+        with timer.stage("to_executorch", "memory planning and emission"):
+            program = edge.to_executorch()
+        del edge
     else:
-        with timer.stage("lower", "to_edge (portable kernels)"):
-            edge = to_edge(exported, constant_methods=methods or None)
-    del exported
-    with timer.stage("to_executorch", "memory planning and emission"):
-        program = edge.to_executorch()
-    del edge
+        del exported
+        cached, lowering = hit[0], {**hit[1], "cached": key}
+        progress(f"  lower: this exported graph was lowered on this stack before: {cached} (validated anew)")
     with AtomicFiles() as files:
         with timer.stage("serialize", f"write {out}"):
-            program.write_to_file(files.open(out))
+            if hit is not None:
+                with open(cached, "rb") as source:
+                    shutil.copyfileobj(source, files.open(out), 1 << 22)
+            else:
+                program.write_to_file(files.open(out))
             size, sha256 = files.digest(out)
         record = {
             "format": RECORD_FORMAT,
@@ -166,4 +181,6 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
             files.write(tokenizer_path(out), source_tokenizer.read_bytes())
             record["tokenizer"] = str(tokenizer_path(out).resolve())
         files.write(sidecar_path(out), (json.dumps(record, indent=2, default=str) + "\n").encode())
+    if key and hit is None:
+        lowered_cache.store(key, out, lowering)
     return record

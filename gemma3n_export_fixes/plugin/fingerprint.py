@@ -36,7 +36,7 @@ def _canon(node: Any) -> str:
     return repr(node)
 
 
-def _strip_docstring(func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+def _strip_docstring(func: ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> None:
     body = func.body
     first = body[0] if body else None
     if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
@@ -51,6 +51,16 @@ def source_fingerprint(source: str) -> str:
             _strip_docstring(node)
             return hashlib.sha256(_canon(node).encode()).hexdigest()[:16]
     raise ValueError("no function definition in source")
+
+
+def module_fingerprint(source: str) -> str:
+    """sha256 (all 64 hex digits) of a whole module's canonical AST: every docstring (module, class,
+    function), comment and formatting choice left out. What the matrix's inputs hash reads of a source file."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            _strip_docstring(node)
+    return hashlib.sha256(_canon(tree).encode()).hexdigest()
 
 
 def fingerprint(func: Callable[..., Any]) -> str:

@@ -1,0 +1,130 @@
+"""Lowered programs by content: an exported graph already lowered on the same stack is not lowered again.
+
+The matrix runs the same ``check`` on many transformers releases, and many of them trace the tiny model to the
+very same graph; lowering it (XNNPACK's partitioner and passes, ``to_executorch``) is most of a cell's time,
+and its result is a function of what this key covers:
+
+- the exported program, as the lowering sees it: every graph's nodes (op, name, target, arguments, the
+  shape/dtype/symbolic-shape value each produces, the module path and source function they came from), the
+  graph signature, the range constraints, and the bytes of every parameter, buffer and constant (a tensor
+  subclass, e.g. torchao's quantized weights, by its flattened inner tensors and metadata). Left out: stack
+  traces (file names and line numbers of the transformers release that traced it) and autograd sequence
+  numbers, which no lowering pass reads;
+- the export options, the program's constant methods, whether the XNNPACK form rewrites ran;
+- the versions of torch, executorch and torchao, and the source of this package's ``export`` folder.
+
+Same key, same lowering input, same code: the stored ``.pte`` is the one the lowering would write
+(``tests/test_lowered_cache.py`` lowers a program twice, once from a second transformers-equivalent trace,
+and compares bytes). Validation is never cached: every cell runs the cached program against its own eager
+model. Opt-in, for the matrix: ``GEMMA3N_EXPORT_FIXES_LOWERED_CACHE=DIR``; the export record says
+``"cached": KEY`` when a program came from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+ENV_VAR = "GEMMA3N_EXPORT_FIXES_LOWERED_CACHE"
+_META_KEYS = ("nn_module_stack", "source_fn_stack", "torch_fn")
+
+
+def cache_dir() -> Path | None:
+    """The cache directory, when ``GEMMA3N_EXPORT_FIXES_LOWERED_CACHE`` names one."""
+    value = os.environ.get(ENV_VAR, "").strip()
+    return Path(value) if value else None
+
+
+def _value(val: Any) -> str:
+    import torch
+
+    if isinstance(val, torch.Tensor):
+        return f"T{tuple(str(d) for d in val.shape)}{val.dtype}"
+    if isinstance(val, (list, tuple)):
+        return "(" + ",".join(_value(v) for v in val) + ")"
+    return repr(val)
+
+
+def _tensor_digest(h: Any, tensor: Any) -> None:
+    import torch
+
+    flatten = getattr(type(tensor), "__tensor_flatten__", None)
+    if flatten is not None and type(tensor) not in (torch.Tensor, torch.nn.Parameter):
+        inner, context = tensor.__tensor_flatten__()
+        h.update(f"{type(tensor).__qualname__}{context!r}{tuple(tensor.shape)}".encode())
+        for name in inner:
+            _tensor_digest(h, getattr(tensor, name))
+        return
+    t = tensor.detach().contiguous()
+    h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def _graphs_text(exported: Any) -> str:
+    import torch
+
+    lines = []
+    for path, module in exported.graph_module.named_modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        lines.append(f"graph {path}")
+        for node in module.graph.nodes:
+            meta = {k: node.meta.get(k) for k in _META_KEYS if node.meta.get(k) is not None}
+            lines.append(
+                f"{node.op} {node.name} {node.target} {node.args} {node.kwargs} {_value(node.meta.get('val'))} {meta}"
+            )
+    return "\n".join(lines)
+
+
+def _package_source_digest() -> str:
+    folder = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(folder.glob("*.py")):
+        h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()
+
+
+def program_key(exported: Any, options: dict[str, Any], methods: dict[str, Any], forms: bool | None) -> str:
+    """The sha256 that decides whether ``exported`` was lowered before (see the module docstring)."""
+    from gemma3n_export_fixes.versions import distribution_version
+
+    h = hashlib.sha256()
+    stack = {name: distribution_version(name) for name in ("torch", "executorch", "torchao")}
+    head = {"stack": stack, "source": _package_source_digest(), "options": options, "methods": methods, "forms": forms}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    h.update(_graphs_text(exported).encode())
+    h.update(str(exported.graph_signature).encode())
+    h.update(str(exported.range_constraints).encode())
+    for group in (exported.state_dict, exported.constants):
+        for name in sorted(group):
+            h.update(name.encode())
+            _tensor_digest(h, group[name])
+    return h.hexdigest()
+
+
+def lookup(key: str) -> tuple[Path, dict[str, Any]] | None:
+    """The stored program and what its lowering recorded, if ``key`` was lowered before."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    pte, meta = folder / f"{key}.pte", folder / f"{key}.json"
+    if not (pte.is_file() and meta.is_file()):
+        return None
+    return pte, json.loads(meta.read_text())
+
+
+def store(key: str, pte: Path, lowering: dict[str, Any]) -> None:
+    """Keep ``pte`` under ``key`` (atomically: a reader never sees half a program)."""
+    folder = cache_dir()
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{key}.{os.getpid()}.tmp"
+    shutil.copyfile(pte, tmp)
+    (folder / f".{key}.{os.getpid()}.json").write_text(json.dumps(lowering, default=str))
+    os.replace(folder / f".{key}.{os.getpid()}.json", folder / f"{key}.json")
+    os.replace(tmp, folder / f"{key}.pte")

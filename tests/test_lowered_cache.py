@@ -1,0 +1,57 @@
+"""The lowered-program cache (``GEMMA3N_EXPORT_FIXES_LOWERED_CACHE``): what its key sees, and that a hit writes
+the program the lowering writes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_commands import CLI
+
+from conftest import run_python
+
+
+def _exported(seed: int = 0, tweak: bool = False):
+    import torch
+
+    from gemma3n_export_fixes.export.program import TextOnlyLogits
+    from gemma3n_export_fixes.models.tiny import build_tiny_model
+
+    model = build_tiny_model(seed=seed)
+    if tweak:
+        with torch.no_grad():
+            model.lm_head.weight[0, 0] += 1e-3
+    return torch.export.export(TextOnlyLogits.wrap(model), (torch.zeros(1, 8, dtype=torch.long),), strict=False)
+
+
+def test_the_key_is_the_graph_and_its_weights_not_the_trace(gemma3n_module):
+    from gemma3n_export_fixes.export.lowered_cache import program_key
+
+    options = {"backend": "xnnpack"}
+    key = program_key(_exported(), options, {}, True)
+    assert program_key(_exported(), options, {}, True) == key  # a second trace of the same model
+    assert program_key(_exported(tweak=True), options, {}, True) != key  # one weight differs
+    assert program_key(_exported(), {"backend": "portable"}, {}, None) != key
+    assert program_key(_exported(), options, {"get_max_seq_len": 32}, True) != key
+    assert program_key(_exported(), options, {}, False) != key  # without the XNNPACK form rewrites
+
+
+@pytest.mark.slow
+def test_a_cache_hit_writes_the_lowered_program_and_is_validated_anew(tmp_path):
+    """Portable fixed window (its lowering is byte-deterministic): the second export is a hit, writes the same
+    bytes as the first, says so in its record, and ``validate`` passes on it."""
+    env = {"GEMMA3N_EXPORT_FIXES_LOWERED_CACHE": str(tmp_path / "cache")}
+    args = ["--model", "tiny", "--fixed-window", "--recipe", "portable", "--qlinear", "none", "--qembedding", "none"]
+    records = []
+    for name in ("first", "second"):
+        out = tmp_path / f"{name}.pte"
+        result = run_python([*CLI, "export", *args, "--out", str(out)], env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        records.append(json.loads(out.with_suffix(".json").read_text()))
+    first, second = records
+    assert "cached" not in first["lowering"] and "lower" in first["seconds"]
+    assert len(second["lowering"]["cached"]) == 64 and "lower" not in second["seconds"]
+    assert second["pte"]["sha256"] == first["pte"]["sha256"]
+    assert len(list((tmp_path / "cache").glob("*.pte"))) == 1
+    result = run_python([*CLI, "validate", str(tmp_path / "second.pte"), "--model", "tiny"])
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
