@@ -1,16 +1,20 @@
-"""XNNPACK lowering with and without the graph rewrites of `export/xnnpack_forms.py`, on the tiny model.
+"""XNNPACK lowering with and without what `export/xnnpack_forms.py` and `export/lowering.py` change, on tiny.
 
-    python benchmarks/lowering.py [--only fixed|kv] [--json FILE]
+    python benchmarks/lowering.py [--only fixed|kv] [--settings upstream,forms,forms+shortcuts] [--json FILE]
 
-For each program (fixed window float32; KV cache 128, 8da4w + 4w) and each setting of
-GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS, one `export` (its own process) and one `validate --json`: lowering seconds,
-XNNPACK partitions, CPU seconds of the export process, validation max abs diff and top-1. One run each on a
-2-core machine: the ratios (forms on / off) are the figures, not the seconds. A benchmark: nothing asserts.
+For each program (fixed window float32; KV cache 128, 8da4w + 4w) and each setting (`upstream`: neither;
+`forms`: the graph rewrites, GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS; `forms+shortcuts`: and ExecuTorch validating
+once and skipping idle XNNPACK passes, GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS), one `export` (its own process,
+PYTHONHASHSEED=0 so that XNNPACK's lowering is byte-stable) and one `validate --json`: lowering seconds, XNNPACK
+partitions, CPU seconds of the export process, the `.pte`'s sha256 (the shortcuts must not change it),
+validation max abs diff and top-1. One run each on a 2-core machine: the ratios are the figures, not the
+seconds. A benchmark: nothing asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -26,9 +30,14 @@ PROGRAMS = {
 }
 
 
-def one(name: str, forms: bool, workdir: Path) -> dict[str, object]:
-    pte = workdir / f"{name}-{'forms' if forms else 'upstream'}.pte"
-    env = {**os.environ, "GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS": "1" if forms else "0"}
+SETTINGS = {"upstream": ("0", "0"), "forms": ("1", "0"), "forms+shortcuts": ("1", "1")}
+
+
+def one(name: str, setting: str, workdir: Path) -> dict[str, object]:
+    pte = workdir / f"{name}-{setting}.pte"
+    forms, shortcuts = SETTINGS[setting]
+    env = {**os.environ, "GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS": forms, "PYTHONHASHSEED": "0",
+           "GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS": shortcuts}  # fmt: skip
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     args = [*CLI, "export", "--model", "tiny", "--recipe", "xnnpack", *PROGRAMS[name], "--out", str(pte)]
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -38,11 +47,12 @@ def one(name: str, forms: bool, workdir: Path) -> dict[str, object]:
     result = json.loads(checked.stdout) if checked.stdout.strip() else {}
     return {
         "program": name,
-        "xnnpack_forms": forms,
+        "setting": setting,
         "lower_s": record["seconds"]["lower"],
         "export_cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
         "partitions": record["lowering"]["partitions"],
         "pte_bytes": record["pte"]["bytes"],
+        "sha256": record["pte"]["sha256"],
         "validate_ok": result.get("ok"),
         "max_abs_diff": result.get("max_abs_diff"),
         "top1_agreement": result.get("top1_agreement"),
@@ -53,24 +63,26 @@ def one(name: str, forms: bool, workdir: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", choices=sorted(PROGRAMS), action="append")
+    parser.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated, from: " + ", ".join(SETTINGS))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="gemma3n-lowering-") as tmp:
         for name in args.only or list(PROGRAMS):
-            for forms in (False, True):
-                rows.append(one(name, forms, Path(tmp)))
+            for setting in args.settings.split(","):
+                rows.append(one(name, setting, Path(tmp)))
                 print(json.dumps(rows[-1]), file=sys.stderr)
-    print(f"{'program':8} {'forms':6} {'lower s':>8} {'cpu s':>7} {'parts':>6} {'max abs':>9} {'top1':>5}")
+    print(f"{'program':8} {'setting':16} {'lower s':>8} {'cpu s':>7} {'parts':>6} {'max abs':>9} {'top1':>5} sha256")
     for r in rows:
         diff, top1 = r["max_abs_diff"] or float("nan"), r["top1_agreement"] or 0
-        print(f"{r['program']:8} {r['xnnpack_forms']!s:6} {r['lower_s']:8.1f} {r['export_cpu_s']:7.1f} "
-              f"{r['partitions']:6} {diff:9.2e} {top1:5.2f}")  # fmt: skip
+        print(f"{r['program']:8} {r['setting']:16} {r['lower_s']:8.1f} {r['export_cpu_s']:7.1f} "
+              f"{r['partitions']:6} {diff:9.2e} {top1:5.2f} {r['sha256'][:12]}")  # fmt: skip
     for name in {r["program"] for r in rows}:
-        off, on = ([r for r in rows if r["program"] == name and r["xnnpack_forms"] == f] for f in (False, True))
-        if off and on:
-            print(f"{name}: lowering {on[0]['lower_s'] / off[0]['lower_s']:.2f}x, partitions "
-                  f"{on[0]['partitions']}/{off[0]['partitions']}")  # fmt: skip
+        mine = [r for r in rows if r["program"] == name]
+        for before, after in itertools.pairwise(mine):
+            ratio, same = after["lower_s"] / before["lower_s"], after["sha256"] == before["sha256"]
+            print(f"{name}: {after['setting']} / {before['setting']}: lowering {ratio:.2f}x, partitions "
+                  f"{after['partitions']}/{before['partitions']}, same bytes: {same}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
 

@@ -7,6 +7,9 @@
   ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``; an explicit ``apply(["gaussian-topk"])`` still applies one.
 - ``GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS=0``: ``export --recipe xnnpack`` lowers the graph as ``torch.export`` left
   it, without the XNNPACK-friendly rewrites of ``export/xnnpack_forms.py`` (for comparison, or if one misbehaves).
+- ``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS=0``: ExecuTorch's lowering runs without the two shortcuts of
+  ``export/lowering.py`` (validating the program once, not after every copied constant; skipping XNNPACK passes
+  that have nothing to rewrite in a partition). Both leave the program byte for byte the same.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 ENV_VAR = "GEMMA3N_EXPORT_FIXES"
 DISABLE_VAR = "GEMMA3N_EXPORT_FIXES_DISABLE"
 FORMS_VAR = "GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS"
+SHORTCUTS_VAR = "GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS"
 _OFF_VALUES = frozenset({"0", "false", "no", "off", "disable", "disabled"})
 
 
@@ -33,3 +37,8 @@ def disabled_patches() -> frozenset[str]:
 def xnnpack_forms_enabled() -> bool:
     """False when ``GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS`` turns the XNNPACK graph rewrites off."""
     return os.environ.get(FORMS_VAR, "").strip().lower() not in _OFF_VALUES
+
+
+def lowering_shortcuts_enabled() -> bool:
+    """False when ``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS`` turns the lowering shortcuts off."""
+    return os.environ.get(SHORTCUTS_VAR, "").strip().lower() not in _OFF_VALUES

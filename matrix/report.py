@@ -206,7 +206,11 @@ def markdown(rows: list[Row]) -> str:
         "the tiny model: the seed's fixed window on portable and XNNPACK (max abs diff and top-1 vs eager "
         "`use_cache=True` logits), and the KV-cache program (float32 on portable; 8da4w linears + 4w embeddings "
         "on XNNPACK) token by token vs eager greedy `generate` over twice the sliding window. A result marked "
-        "*older package* was produced by an earlier version of the package sources than the checkout's.",
+        "*older package* was produced by an earlier version of the package sources than the checkout's. "
+        '"N lowered programs reused": those exports traced to a graph (nodes, shapes, weights) that an earlier '
+        "cell on the same torch/executorch/torchao had lowered, so the stored program was taken instead of "
+        "lowering it again, and validated against this row's eager model like any other "
+        "(`gemma3n_export_fixes/export/lowered_cache.py`; `-- --no-lowered-cache` lowers everything).",
         "",
         "![heat map](heatmap.svg)",
         "",
@@ -235,8 +239,11 @@ def markdown(rows: list[Row]) -> str:
             cells += [_export_cell(result, name) for name in EXPORT_COLUMNS]
             cell = result["cell"]
             older = ", next (not pinned)" if is_next(row) else "" if is_current(row) else ", *older package*"
+            cached = sum(1 for e in result.get("exports", []) if "cached" in (e.get("lowering") or {}))
+            reused = f" ({cached} lowered program{'s' * (cached != 1)} reused)" if cached else ""
             cells.append(
-                f"{'OK' if result['ok'] else 'FAILED'}, {cell['ran_at'][:10]}, {cell['check_seconds']:.0f} s{older}"
+                f"{'OK' if result['ok'] else 'FAILED'}, {cell['ran_at'][:10]}, {cell['check_seconds']:.0f} s"
+                f"{reused}{older}"
             )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

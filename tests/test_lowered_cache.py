@@ -27,13 +27,14 @@ def _exported(seed: int = 0, tweak: bool = False):
 def test_the_key_is_the_graph_and_its_weights_not_the_trace(gemma3n_module):
     from gemma3n_export_fixes.export.lowered_cache import program_key
 
-    options = {"backend": "xnnpack"}
-    key = program_key(_exported(), options, {}, True)
-    assert program_key(_exported(), options, {}, True) == key  # a second trace of the same model
-    assert program_key(_exported(tweak=True), options, {}, True) != key  # one weight differs
-    assert program_key(_exported(), {"backend": "portable"}, {}, None) != key
-    assert program_key(_exported(), options, {"get_max_seq_len": 32}, True) != key
-    assert program_key(_exported(), options, {}, False) != key  # without the XNNPACK form rewrites
+    lowering = {"options": {"backend": "xnnpack"}, "forms": True, "shortcuts": True}
+    key = program_key(_exported(), lowering, {})
+    assert program_key(_exported(), lowering, {}) == key  # a second trace of the same model
+    assert program_key(_exported(tweak=True), lowering, {}) != key  # one weight differs
+    assert program_key(_exported(seed=1), lowering, {}) != key
+    assert program_key(_exported(), {**lowering, "options": {"backend": "portable"}}, {}) != key
+    assert program_key(_exported(), lowering, {"get_max_seq_len": 32}) != key
+    assert program_key(_exported(), {**lowering, "forms": False}, {}) != key  # without the XNNPACK form rewrites
 
 
 @pytest.mark.slow

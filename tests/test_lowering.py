@@ -135,3 +135,62 @@ def test_shared_constants_are_copied_without_per_copy_validation_and_validated_o
     upstream, once = counts
     assert once < upstream  # the per-copy validations are gone ...
     assert once >= 1  # ... and the program is still validated
+
+
+class ConvNorm(torch.nn.Module):
+    """Conv1d + BatchNorm: ops the guarded passes rewrite, so they must still run here."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 4, 3)
+        self.norm = torch.nn.BatchNorm1d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.norm(self.conv(x)))
+
+
+def _program_bytes(module: torch.nn.Module, x: torch.Tensor, skip: bool) -> bytes:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    from gemma3n_export_fixes.export.lowering import idle_passes_skipped
+
+    exported = torch.export.export(module, (x,), strict=False)
+    if skip:
+        with idle_passes_skipped() as guarded:
+            assert guarded == 5, "ExecuTorch's XNNPACK passes changed: re-check idle_passes_skipped"
+            edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    else:
+        edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    return edge.to_executorch().buffer
+
+
+@pytest.mark.parametrize("module", ["gemma-shaped", "conv-norm"])
+def test_skipping_idle_passes_writes_the_same_program(module):
+    """Without the ops (Gemma's graph) the guarded passes are skipped, with them (conv, batch norm)
+    they run: either way the program is byte for byte the one ExecuTorch writes without the guard."""
+    from executorch.runtime import Runtime
+
+    torch.manual_seed(0)
+    model, x = (
+        (GemmaShapedOps(), torch.randn(4, 1, 6, 16)) if module == "gemma-shaped" else (ConvNorm(), torch.randn(2, 4, 9))
+    )
+    model.eval()
+    upstream = _program_bytes(model, x, skip=False)
+    assert _program_bytes(model, x, skip=True) == upstream
+    (got,) = Runtime.get().load_program(upstream).load_method("forward").execute([x])
+    with torch.no_grad():
+        assert torch.allclose(got, model(x), atol=1e-4)
+
+
+def test_idle_passes_skipped_restores_the_original_passes():
+    from executorch.backends.xnnpack._passes.decompose_batch_norm import DecomposeBatchNorm
+    from executorch.exir.passes.memory_format_ops_pass import DimOrderOpsRevertPass
+
+    from gemma3n_export_fixes.export.lowering import idle_passes_skipped
+
+    original = DecomposeBatchNorm.call
+    assert "call" not in vars(DimOrderOpsRevertPass)
+    with idle_passes_skipped():
+        assert DecomposeBatchNorm.call is not original and "call" in vars(DimOrderOpsRevertPass)
+    assert DecomposeBatchNorm.call is original and "call" not in vars(DimOrderOpsRevertPass)

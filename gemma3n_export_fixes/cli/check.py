@@ -297,7 +297,8 @@ def print_summary(record: dict[str, Any], say: Say = print) -> None:
         say(f"{name:<13}{'OK' if e['ok'] else 'MISMATCH':<13}{v['max_abs_diff']:<14.2e}"
             f"{v['top1_agreement']:<8.0%}{e['pte_bytes'] / 1e6:<7.2f}{stages}")  # fmt: skip
     say("")
-    jobs = f" ({record['jobs']} jobs at a time)" if record.get("jobs") else ""
+    n = record.get("jobs")
+    jobs = f" ({n} job{'s' * (n != 1)} at a time)" if n else ""
     say(f"check: {'OK' if record['ok'] else 'FAILED'} in {record['seconds']} s{jobs}")
 
 

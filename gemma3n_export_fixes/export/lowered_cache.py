@@ -10,7 +10,7 @@ and its result is a function of what this key covers:
   subclass, e.g. torchao's quantized weights, by its flattened inner tensors and metadata). Left out: stack
   traces (file names and line numbers of the transformers release that traced it) and autograd sequence
   numbers, which no lowering pass reads;
-- the export options, the program's constant methods, whether the XNNPACK form rewrites ran;
+- the export options, the program's constant methods, the XNNPACK forms and lowering shortcuts switches;
 - the versions of torch, executorch and torchao, and the source of this package's ``export`` folder.
 
 Same key, same lowering input, same code: the stored ``.pte`` is the one the lowering would write
@@ -88,13 +88,14 @@ def _package_source_digest() -> str:
     return h.hexdigest()
 
 
-def program_key(exported: Any, options: dict[str, Any], methods: dict[str, Any], forms: bool | None) -> str:
-    """The sha256 that decides whether ``exported`` was lowered before (see the module docstring)."""
+def program_key(exported: Any, lowering: dict[str, Any], methods: dict[str, Any]) -> str:
+    """The sha256 that decides whether ``exported`` was lowered before (see the module docstring); ``lowering``:
+    how it is lowered (the export options, the XNNPACK forms and lowering shortcuts switches)."""
     from gemma3n_export_fixes.versions import distribution_version
 
     h = hashlib.sha256()
     stack = {name: distribution_version(name) for name in ("torch", "executorch", "torchao")}
-    head = {"stack": stack, "source": _package_source_digest(), "options": options, "methods": methods, "forms": forms}
+    head = {"stack": stack, "source": _package_source_digest(), "lowering": lowering, "methods": methods}
     h.update(json.dumps(head, sort_keys=True, default=str).encode())
     h.update(_graphs_text(exported).encode())
     h.update(str(exported.graph_signature).encode())

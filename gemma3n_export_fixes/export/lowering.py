@@ -1,20 +1,24 @@
-"""XNNPACK lowering for the export tool: the graph rewrites, then ExecuTorch's partitioner, validated once.
+"""XNNPACK lowering for the export tool: the graph rewrites, then ExecuTorch's partitioner, with two shortcuts.
 
-ExecuTorch (1.5.1 and earlier) copies every constant that two partitions share and, after each copy, runs
-``ExportedProgram._validate()`` on the whole program (``duplicate_constant_node``): one full EXIR verification,
-which interprets every node with fake tensors, per copied constant per partition. On the tiny KV-cache program
-that is 18 validations and ~40 s of a ~200 s lowering; on E2B it is thousands of validations of a 10k-node graph
-(the lowering ran for hours). ``to_backend`` validates the tagged program again once every partition is lowered,
-so :func:`validate_once` skips the per-copy validations during the lowering and nothing goes unchecked. It
-patches only while the lowering runs, only where ExecuTorch's source still has both calls (fingerprints), and
-restores the exact original object afterwards. Upstream record: ``upstream_prs/executorch/validate-once.md``.
+Both shortcuts are reversible patches on ExecuTorch, active only while ``export`` lowers, only where its source
+still reads the way they were written for, and the program comes out byte for byte the same
+(``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS=0`` turns them off; ``benchmarks/lowering.py`` compares):
+
+- :func:`validate_once`: ExecuTorch (1.5.1 and earlier) copies every constant that two partitions share and,
+  after each copy, runs ``ExportedProgram._validate()`` on the whole program (``duplicate_constant_node``): one
+  full EXIR verification per copied constant per partition (on E2B, thousands of validations of a 10k-node
+  graph: the lowering ran for hours). ``to_backend`` validates the tagged program again once every partition is
+  lowered, so nothing goes unchecked. Upstream record: ``upstream_prs/executorch/validate-once.md``.
+- :func:`idle_passes_skipped`: five of the 17 passes XNNPACK runs on every partition look for ops Gemma 3n's
+  decoder does not have (batch norm, PReLU, convolution, dim-order copies) and then retrace the whole partition
+  anyway. Upstream record: ``upstream_prs/executorch/idle-passes.md``.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 
@@ -62,6 +66,77 @@ def validate_once() -> Iterator[bool]:
         backend_utils.duplicate_constant_node = original
 
 
+def _idle_pass_ops() -> dict[type, frozenset[Any]]:
+    """XNNPACK passes that rewrite one kind of op and then retrace the whole partition (``ExportPass.call``,
+    with fake tensors and symbolic shapes) whether or not they found one: pass -> the edge ops it rewrites.
+    Only those whose source still reads the way this was written for (the op test, then the retrace)."""
+    from executorch.backends.xnnpack._passes import (
+        conv1d_unsqueeze_pass,
+        decompose_batch_norm,
+        fuse_batch_norm,
+        prelu_reshape_pass,
+    )
+    from executorch.exir.dialects._ops import ops as exir_ops
+    from executorch.exir.passes import memory_format_ops_pass
+
+    edge = exir_ops.edge.aten
+    batch_norm = frozenset({edge.native_batch_norm.default, edge._native_batch_norm_legit_no_training.default})
+    table = {
+        decompose_batch_norm.DecomposeBatchNorm: (batch_norm, "node.target in self.BATCH_NORM_OPS"),
+        fuse_batch_norm.FuseBatchNormPass: (batch_norm, "bn.target != exir_ops.edge.aten.native_batch_norm"),
+        prelu_reshape_pass.PReLUReshapePass: (
+            frozenset({edge._prelu_kernel.default}),
+            "node.target == exir_ops.edge.aten._prelu_kernel.default",
+        ),
+        conv1d_unsqueeze_pass.Conv1dUnsqueezePass: (
+            frozenset({edge.convolution.default}),
+            'node.target.__name__ == "aten.convolution.default"',
+        ),
+    }
+    found = {cls: ops for cls, (ops, text) in table.items() if text in inspect.getsource(cls.call)}
+    revert = memory_format_ops_pass.DimOrderOpsRevertPass
+    if "call" not in vars(revert) and "op in MemoryFormatOpsMap" in inspect.getsource(revert.call_operator):
+        found[revert] = frozenset(memory_format_ops_pass.MemoryFormatOpsMap)  # rewrites those ops only
+    return found
+
+
+@contextmanager
+def idle_passes_skipped() -> Iterator[int]:
+    """While active, the passes of :func:`_idle_pass_ops` return the partition unchanged (``modified=False``)
+    when it holds none of their ops, instead of retracing it; yields how many passes it guards. The pass
+    manager still checks the program before and after each pass. Evidence that nothing changes:
+    ``tests/test_lowering.py`` (the same ``.pte`` bytes with and without, fixed window and KV 8da4w)."""
+    try:
+        guarded = _idle_pass_ops()
+    except ImportError:
+        yield 0
+        return
+    from torch.fx.passes.infra.pass_base import PassResult
+
+    originals = {cls: vars(cls).get("call") for cls in guarded}
+
+    def guard(cls: type, ops: frozenset[Any]) -> Any:
+        call = cls.call
+
+        def idle_or_call(self: Any, graph_module: Any) -> Any:
+            if not any(node.op == "call_function" and node.target in ops for node in graph_module.graph.nodes):
+                return PassResult(graph_module, False)
+            return call(self, graph_module)
+
+        return idle_or_call
+
+    for cls, ops in guarded.items():
+        cls.call = guard(cls, ops)
+    try:
+        yield len(guarded)
+    finally:
+        for cls, original in originals.items():
+            if original is None:
+                del cls.call
+            else:
+                cls.call = original
+
+
 def delegate_count(edge: Any) -> int:
     """How many XNNPACK partitions the lowered program holds, over all its methods."""
     from executorch.exir.delegate import executorch_call_delegate
@@ -75,7 +150,7 @@ def delegate_count(edge: Any) -> int:
 
 
 def lower_to_xnnpack(
-    exported: Any, constant_methods: dict[str, Any] | None = None, forms: bool = True
+    exported: Any, constant_methods: dict[str, Any] | None = None, forms: bool = True, shortcuts: bool = True
 ) -> tuple[Any, dict[str, Any]]:
     """``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` after :class:`XnnpackForms` (``forms``),
     validated once; returns the edge program manager and what the lowering did (for the export record)."""
@@ -84,11 +159,14 @@ def lower_to_xnnpack(
 
     from gemma3n_export_fixes.export.xnnpack_forms import XnnpackForms
 
-    with validate_once() as validated_once:
+    with ExitStack() as stack:
+        validated_once = stack.enter_context(validate_once()) if shortcuts else False
+        guarded = stack.enter_context(idle_passes_skipped()) if shortcuts else 0
         edge = to_edge_transform_and_lower(
             exported,
             transform_passes=[XnnpackForms()] if forms else None,
             partitioner=[XnnpackPartitioner()],
             constant_methods=constant_methods or None,
         )
-    return edge, {"xnnpack_forms": forms, "validate_once": validated_once, "partitions": delegate_count(edge)}
+    done = {"xnnpack_forms": forms, "validate_once": validated_once, "idle_passes_skipped": guarded}
+    return edge, {**done, "partitions": delegate_count(edge)}

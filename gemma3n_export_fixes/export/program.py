@@ -108,7 +108,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     import torch
     from executorch.exir import to_edge
 
-    from gemma3n_export_fixes._env import xnnpack_forms_enabled
+    from gemma3n_export_fixes._env import lowering_shortcuts_enabled, xnnpack_forms_enabled
     from gemma3n_export_fixes.export import lowered_cache
 
     timer = StageTimer(progress)
@@ -129,14 +129,16 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
         with timer.stage("export", "torch.export(strict=False)"):
             exported = torch.export.export(TextOnlyLogits.wrap(model), example, strict=False)
     forms = xnnpack_forms_enabled() if options.backend == "xnnpack" else None  # None: the portable path
-    key = lowered_cache.program_key(exported, options.describe(), methods, forms) if lowered_cache.cache_dir() else None
+    shortcuts = lowering_shortcuts_enabled()
+    lowering_flags = {"options": options.describe(), "forms": forms, "shortcuts": shortcuts}
+    key = lowered_cache.program_key(exported, lowering_flags, methods) if lowered_cache.cache_dir() else None
     hit = lowered_cache.lookup(key) if key else None
     if hit is None:
         if forms is not None:
             from gemma3n_export_fixes.export.lowering import lower_to_xnnpack
 
             with timer.stage("lower", "to_edge_transform_and_lower(XnnpackPartitioner)"):
-                edge, lowering = lower_to_xnnpack(exported, methods, forms=forms)
+                edge, lowering = lower_to_xnnpack(exported, methods, forms=forms, shortcuts=shortcuts)
             progress(f"  lower: {lowering['partitions']} XNNPACK partitions")
         else:
             with timer.stage("lower", "to_edge (portable kernels)"):
