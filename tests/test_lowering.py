@@ -149,38 +149,70 @@ class ConvNorm(torch.nn.Module):
         return torch.relu(self.norm(self.conv(x)))
 
 
-def _program_bytes(module: torch.nn.Module, x: torch.Tensor, skip: bool) -> bytes:
+class Attention(torch.nn.Module):
+    """``scaled_dot_product_attention`` with a 2-D float mask: the pattern ``ConvertToSDPAPass`` looks for."""
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+MODULES = {
+    "gemma-shaped": lambda: (GemmaShapedOps(), (torch.randn(4, 1, 6, 16),)),
+    "conv-norm": lambda: (ConvNorm(), (torch.randn(2, 4, 9),)),
+    "attention": lambda: (Attention(), (*(torch.randn(1, 2, 8, 16) for _ in range(3)), torch.zeros(8, 8))),
+}
+
+
+def _program_bytes(module: torch.nn.Module, args: tuple[torch.Tensor, ...], skip: bool) -> bytes:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     from gemma3n_export_fixes.export.lowering import idle_passes_skipped
 
-    exported = torch.export.export(module, (x,), strict=False)
+    exported = torch.export.export(module, args, strict=False)
     if skip:
         with idle_passes_skipped() as guarded:
-            assert guarded == 5, "ExecuTorch's XNNPACK passes changed: re-check idle_passes_skipped"
+            assert guarded == 7, "ExecuTorch's XNNPACK passes changed: re-check idle_passes_skipped"
             edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     else:
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     return edge.to_executorch().buffer
 
 
-@pytest.mark.parametrize("module", ["gemma-shaped", "conv-norm"])
+@pytest.mark.parametrize("module", sorted(MODULES))
 def test_skipping_idle_passes_writes_the_same_program(module):
-    """Without the ops (Gemma's graph) the guarded passes are skipped, with them (conv, batch norm)
-    they run: either way the program is byte for byte the one ExecuTorch writes without the guard."""
+    """Without the ops (Gemma's graph) the guarded passes are skipped; with them (conv, batch norm, the SDPA
+    pattern) they run: either way the program is byte for byte the one ExecuTorch writes without the guard."""
     from executorch.runtime import Runtime
 
     torch.manual_seed(0)
-    model, x = (
-        (GemmaShapedOps(), torch.randn(4, 1, 6, 16)) if module == "gemma-shaped" else (ConvNorm(), torch.randn(2, 4, 9))
-    )
+    model, args = MODULES[module]()
     model.eval()
-    upstream = _program_bytes(model, x, skip=False)
-    assert _program_bytes(model, x, skip=True) == upstream
-    (got,) = Runtime.get().load_program(upstream).load_method("forward").execute([x])
+    upstream = _program_bytes(model, args, skip=False)
+    assert _program_bytes(model, args, skip=True) == upstream
+    (got,) = Runtime.get().load_program(upstream).load_method("forward").execute(list(args))
     with torch.no_grad():
-        assert torch.allclose(got, model(x), atol=1e-4)
+        assert torch.allclose(got, model(*args), atol=1e-4)
+
+
+def test_the_guards_see_work_where_there_is_some():
+    from executorch.backends.xnnpack._passes.convert_to_sdpa import ConvertToSDPAPass
+    from executorch.backends.xnnpack._passes.decompose_batch_norm import DecomposeBatchNorm
+    from executorch.backends.xnnpack.utils.configs import get_xnnpack_edge_compile_config
+    from executorch.exir import to_edge
+
+    from gemma3n_export_fixes.export.lowering import _idle_passes, _targets
+
+    guards = _idle_passes()
+    present = {}
+    for name in MODULES:
+        model, args = MODULES[name]()
+        edge = to_edge(torch.export.export(model.eval(), args), compile_config=get_xnnpack_edge_compile_config())
+        present[name] = _targets(edge.exported_program().graph)
+    assert guards[ConvertToSDPAPass](present["attention"])
+    assert guards[DecomposeBatchNorm](present["conv-norm"])
+    busy = {cls.__name__ for cls, has_work in guards.items() if has_work(present["gemma-shaped"])}
+    assert busy == {"DimOrderOpsRevertPass"}, busy  # its x.clone() is a dim-order clone; nothing else applies
 
 
 def test_idle_passes_skipped_restores_the_original_passes():

@@ -9,15 +9,16 @@ still reads the way they were written for, and the program comes out byte for by
   full EXIR verification per copied constant per partition (on E2B, thousands of validations of a 10k-node
   graph: the lowering ran for hours). ``to_backend`` validates the tagged program again once every partition is
   lowered, so nothing goes unchecked. Upstream record: ``upstream_prs/executorch/validate-once.md``.
-- :func:`idle_passes_skipped`: five of the 17 passes XNNPACK runs on every partition look for ops Gemma 3n's
-  decoder does not have (batch norm, PReLU, convolution, dim-order copies) and then retrace the whole partition
-  anyway. Upstream record: ``upstream_prs/executorch/idle-passes.md``.
+- :func:`idle_passes_skipped`: seven of the 17 passes XNNPACK runs on every partition look for ops or op
+  patterns Gemma 3n's decoder does not have (batch norm, PReLU, convolution, dim-order copies, the decomposed
+  SDPA and bilinear-upsample patterns) and then retrace the whole partition anyway. Upstream record:
+  ``upstream_prs/executorch/idle-passes.md``.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
 
@@ -66,48 +67,93 @@ def validate_once() -> Iterator[bool]:
         backend_utils.duplicate_constant_node = original
 
 
-def _idle_pass_ops() -> dict[type, frozenset[Any]]:
-    """XNNPACK passes that rewrite one kind of op and then retrace the whole partition (``ExportPass.call``,
-    with fake tensors and symbolic shapes) whether or not they found one: pass -> the edge ops it rewrites.
-    Only those whose source still reads the way this was written for (the op test, then the retrace)."""
+HasWork = Callable[[frozenset[Any]], bool]
+
+
+def _targets(graph: Any) -> frozenset[Any]:
+    return frozenset(node.target for node in graph.nodes if node.op == "call_function")
+
+
+def _any_op(ops: frozenset[Any]) -> HasWork:
+    return lambda present: bool(ops & present)
+
+
+def _any_pattern(patterns: Callable[[], Any]) -> HasWork:
+    """A pattern can match (``SubgraphMatcher`` compares call targets one to one) only where every op it is made
+    of is present: the patterns' op sets, computed on first use."""
+    sets: list[frozenset[Any]] = []
+
+    def has_work(present: frozenset[Any]) -> bool:
+        if not sets:
+            sets.extend(_targets(pattern.graph) for pattern in patterns())
+        return any(needed <= present for needed in sets)
+
+    return has_work
+
+
+def _idle_passes() -> dict[type, HasWork]:
+    """XNNPACK passes that look for ops or op patterns Gemma 3n's decoder does not have, then retrace the whole
+    partition (``ExportPass.call``, with fake tensors and symbolic shapes) whether or not they found one:
+    pass -> whether a partition (its set of call targets) gives it work. Only those whose source still reads
+    the way this was written for (the search, then the retrace)."""
     from executorch.backends.xnnpack._passes import (
         conv1d_unsqueeze_pass,
+        convert_to_sdpa,
+        convert_to_upsample_bilinear2d,
         decompose_batch_norm,
         fuse_batch_norm,
         prelu_reshape_pass,
     )
+    from executorch.backends.xnnpack.partition.graphs import bilinear_2d, sdpa
     from executorch.exir.dialects._ops import ops as exir_ops
     from executorch.exir.passes import memory_format_ops_pass
 
     edge = exir_ops.edge.aten
     batch_norm = frozenset({edge.native_batch_norm.default, edge._native_batch_norm_legit_no_training.default})
-    table = {
-        decompose_batch_norm.DecomposeBatchNorm: (batch_norm, "node.target in self.BATCH_NORM_OPS"),
-        fuse_batch_norm.FuseBatchNormPass: (batch_norm, "bn.target != exir_ops.edge.aten.native_batch_norm"),
+    matcher = "SubgraphMatcher(pattern.graph, ignore_literals=True)"
+    table: dict[type, tuple[HasWork, tuple[str, ...]]] = {
+        decompose_batch_norm.DecomposeBatchNorm: (_any_op(batch_norm), ("node.target in self.BATCH_NORM_OPS",)),
+        fuse_batch_norm.FuseBatchNormPass: (
+            _any_op(batch_norm),
+            ("bn.target != exir_ops.edge.aten.native_batch_norm",),
+        ),
         prelu_reshape_pass.PReLUReshapePass: (
-            frozenset({edge._prelu_kernel.default}),
-            "node.target == exir_ops.edge.aten._prelu_kernel.default",
+            _any_op(frozenset({edge._prelu_kernel.default})),
+            ("node.target == exir_ops.edge.aten._prelu_kernel.default",),
         ),
         conv1d_unsqueeze_pass.Conv1dUnsqueezePass: (
-            frozenset({edge.convolution.default}),
-            'node.target.__name__ == "aten.convolution.default"',
+            _any_op(frozenset({edge.convolution.default})),
+            ('node.target.__name__ == "aten.convolution.default"',),
+        ),
+        convert_to_sdpa.ConvertToSDPAPass: (
+            _any_pattern(sdpa.get_graphs),
+            ("for pattern in sdpa.get_graphs():", matcher),
+        ),
+        convert_to_upsample_bilinear2d.ConvertToUpsampleBilinear2d: (
+            _any_pattern(bilinear_2d.get_graphs),
+            ("in bilinear_2d.get_graphs_dict().items():", matcher),
         ),
     }
-    found = {cls: ops for cls, (ops, text) in table.items() if text in inspect.getsource(cls.call)}
+    found = {
+        cls: has_work
+        for cls, (has_work, texts) in table.items()
+        if all(text in inspect.getsource(cls.call) for text in texts)
+    }
     revert = memory_format_ops_pass.DimOrderOpsRevertPass
     if "call" not in vars(revert) and "op in MemoryFormatOpsMap" in inspect.getsource(revert.call_operator):
-        found[revert] = frozenset(memory_format_ops_pass.MemoryFormatOpsMap)  # rewrites those ops only
+        found[revert] = _any_op(frozenset(memory_format_ops_pass.MemoryFormatOpsMap))  # rewrites those ops only
     return found
 
 
 @contextmanager
 def idle_passes_skipped() -> Iterator[int]:
-    """While active, the passes of :func:`_idle_pass_ops` return the partition unchanged (``modified=False``)
-    when it holds none of their ops, instead of retracing it; yields how many passes it guards. The pass
-    manager still checks the program before and after each pass. Evidence that nothing changes:
-    ``tests/test_lowering.py`` (the same ``.pte`` bytes with and without, fixed window and KV 8da4w)."""
+    """While active, the passes of :func:`_idle_passes` return a partition unchanged (``modified=False``) when
+    it gives them no work, instead of retracing it; yields how many passes it guards. The pass manager still
+    checks the program before and after each pass. Evidence that nothing changes: ``tests/test_lowering.py``
+    (the same ``.pte`` bytes with and without, on graphs with and without those ops) and
+    ``benchmarks/lowering.py`` (the tiny programs, by sha256)."""
     try:
-        guarded = _idle_pass_ops()
+        guarded = _idle_passes()
     except ImportError:
         yield 0
         return
@@ -115,18 +161,18 @@ def idle_passes_skipped() -> Iterator[int]:
 
     originals = {cls: vars(cls).get("call") for cls in guarded}
 
-    def guard(cls: type, ops: frozenset[Any]) -> Any:
+    def guard(cls: type, has_work: HasWork) -> Any:
         call = cls.call
 
         def idle_or_call(self: Any, graph_module: Any) -> Any:
-            if not any(node.op == "call_function" and node.target in ops for node in graph_module.graph.nodes):
+            if not has_work(_targets(graph_module.graph)):
                 return PassResult(graph_module, False)
             return call(self, graph_module)
 
         return idle_or_call
 
-    for cls, ops in guarded.items():
-        cls.call = guard(cls, ops)
+    for cls, has_work in guarded.items():
+        cls.call = guard(cls, has_work)
     try:
         yield len(guarded)
     finally:
