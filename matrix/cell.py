@@ -40,13 +40,29 @@ def _pip_find_links() -> list[str]:
     return sorted(set(links))
 
 
+def _uv() -> str | None:
+    """uv's executable: on PATH, or from the ``uv`` package of the Python running the matrix (``pip install
+    uv``). A cell installs in ~15 s with it (pip: ~90 s)."""
+    found = shutil.which("uv")
+    if found:
+        return found
+    try:
+        from uv import find_uv_bin
+    except ImportError:
+        return None
+    try:
+        return find_uv_bin()
+    except FileNotFoundError:
+        return None
+
+
 def _create_venv(row: Row, venv: Path, log: Log) -> Path:
     python = shutil.which(f"python{row['python']}")
     if python is None:
         raise RuntimeError(f"python{row['python']} not found on PATH (row {row['id']})")
     if venv.exists():
         shutil.rmtree(venv)
-    uv = shutil.which("uv")
+    uv = _uv()
     requirements = [*pins(row), str(ROOT)]
     flags = install_flags(row)
     if uv:
