@@ -64,6 +64,15 @@ def _tensor_digest(h: Any, tensor: Any) -> None:
     h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
+def _target(target: Any) -> str:
+    """A node's target by name: ``aten.add.Tensor``, or ``module.qualname`` for a Python function (a function's
+    repr holds its address, which differs in every process: transformers 4.57's vmap mask traces such nodes)."""
+    if isinstance(target, str) or not callable(target) or hasattr(target, "_schema"):
+        return str(target)
+    module, name = getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+    return f"{module}.{name}" if module and name else str(target)
+
+
 def _graphs_text(exported: Any) -> str:
     import torch
 
@@ -74,9 +83,8 @@ def _graphs_text(exported: Any) -> str:
         lines.append(f"graph {path}")
         for node in module.graph.nodes:
             meta = {k: node.meta.get(k) for k in _META_KEYS if node.meta.get(k) is not None}
-            lines.append(
-                f"{node.op} {node.name} {node.target} {node.args} {node.kwargs} {_value(node.meta.get('val'))} {meta}"
-            )
+            value = _value(node.meta.get("val"))
+            lines.append(f"{node.op} {node.name} {_target(node.target)} {node.args} {node.kwargs} {value} {meta}")
     return "\n".join(lines)
 
 
