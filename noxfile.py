@@ -28,13 +28,23 @@ import nox
 ROOT = Path(__file__).resolve().parent
 sys.path.append(str(ROOT))
 
-from matrix.grid import client_pins, default_stack, inputs_hash, is_current, load_rows, pins, tool_pin  # noqa: E402
+from matrix.grid import (  # noqa: E402
+    client_pins,
+    default_stack,
+    inputs_hash,
+    is_current,
+    load_rows,
+    pins,
+    pip_find_links,
+    tool_pin,
+)
 
 GRID = load_rows()
 DEFAULT = default_stack(GRID)
 
-# pip (not uv) for the test sessions, so the CPU torch wheel is found through pip's find-links setting.
-nox.options.default_venv_backend = "venv"
+# uv where it is installed (`pip install nox uv`: a row's venv in ~15 s instead of ~3 min), else venv + pip.
+# Either way pip's find-links setting is passed on (where the CPU torch wheel lies on these machines).
+nox.options.default_venv_backend = "uv|venv"
 nox.options.sessions = ["tests"]
 
 
@@ -47,8 +57,16 @@ def params(tag: str | None = None, tags: list[str] | None = None) -> list:
     ]
 
 
+def _install(session: nox.Session, *requirements: str) -> None:
+    """pip install, or uv pip install with pip's find-links and compiled bytecode (these machines set
+    PYTHONDONTWRITEBYTECODE=1: without ``.pyc`` files every test process compiles transformers anew, ~20 s)."""
+    links = [arg for link in pip_find_links() for arg in ("--find-links", link)]
+    uv = ["--compile-bytecode"] if session.venv_backend == "uv" else []
+    session.install(*uv, *links, *requirements)
+
+
 def install(session: nox.Session, row: dict, extras: str = "") -> None:
-    session.install(f".{extras}", *pins(row))
+    _install(session, "pip", f".{extras}", *pins(row))  # pip too: the tests build a wheel with it
     session.run("python", "-m", "pip", "check", silent=True)
 
 
@@ -57,8 +75,8 @@ def install_optimum(session: nox.Session) -> None:
     (its exact transformers pin excludes every other release; pip check would report only that pin)."""
     clients = client_pins()
     optimum_executorch = clients.pop("optimum-executorch")
-    session.install(*clients.values())
-    session.install("--no-deps", optimum_executorch)
+    _install(session, *clients.values())
+    _install(session, "--no-deps", optimum_executorch)
 
 
 @nox.session(python=DEFAULT["python"])
@@ -89,8 +107,10 @@ def tests(session: nox.Session, row: dict) -> None:
     old = Path(session.create_tmp()) / "old-transformers"
     session.run("python", "-m", "pip", "download", "-q", "--no-deps", "transformers==4.52.4", "-d", str(old))
     (wheel,) = old.glob("transformers-4.52.4-*.whl")
-    session.run("pytest", "-p", "no:cacheprovider", *session.posargs,
-                env={"GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL": str(wheel)})  # fmt: skip
+    # Two workers (or more on a bigger machine): one pytest process keeps ~1 of 2 cores busy (it waits on
+    # the CLI processes it starts); tests sharing a fixture stay on one worker (tests/conftest.py).
+    session.run("pytest", "-p", "no:cacheprovider", "-n", "auto", "--maxprocesses", "4", "--dist", "loadgroup",
+                *session.posargs, env={"GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL": str(wheel)})  # fmt: skip
 
 
 @nox.session(venv_backend="none")
@@ -127,7 +147,7 @@ def optimum_cli(session: nox.Session, stack: str) -> None:
     the default stack's torch/executorch/torchao and its own transformers pin, in one line; on "default", the
     default stack plus optimum-executorch --no-deps (the install lines the README gives)."""
     if stack == "optimum-pin":
-        session.install(".[test]", *(p for p in pins(DEFAULT) if not p.startswith("transformers")),
+        _install(session, "pip", ".[test]", *(p for p in pins(DEFAULT) if not p.startswith("transformers")),
                         client_pins()["optimum-executorch"])  # fmt: skip
         session.run("python", "-m", "pip", "check", silent=True)
     else:

@@ -21,23 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from matrix.grid import ROOT, Row, inputs_hash, install_flags, pins, result_path
+from matrix.grid import ROOT, Row, inputs_hash, install_flags, pins, pip_find_links, result_path
 
 Log = Callable[[str], None]
 #: Shared by the cells of one machine (kept out of git with the rest of ``.nox``).
 LOWERED_CACHE = ROOT / ".nox" / "lowered-cache"
-
-
-def _pip_find_links() -> list[str]:
-    links = os.environ.get("PIP_FIND_LINKS", "").split()
-    try:
-        out = subprocess.run(
-            ["python3", "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
-        )
-        links += out.stdout.split() if out.returncode == 0 else []
-    except OSError:
-        pass
-    return sorted(set(links))
 
 
 def _uv() -> str | None:
@@ -68,10 +56,12 @@ def _create_venv(row: Row, venv: Path, log: Log) -> Path:
     if uv:
         log(f"uv venv {venv} ({python})")
         subprocess.run([uv, "venv", "-q", "-p", python, str(venv)], check=True)
-        links = [arg for link in _pip_find_links() for arg in ("--find-links", link)]
+        links = [arg for link in pip_find_links() for arg in ("--find-links", link)]
         uv_flags = ["--prerelease", "allow"] if flags else []
-        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *links, *uv_flags,
-                        *requirements], check=True)  # fmt: skip
+        # compiled bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, and without .pyc files every process
+        # of the cell (reproducers, one per export) compiles transformers and torch anew (~20 s each)
+        subprocess.run([uv, "pip", "install", "-q", "--compile-bytecode", "-p", str(venv / "bin" / "python"), *links,
+                        *uv_flags, *requirements], check=True)  # fmt: skip
     else:
         log(f"python -m venv {venv} ({python}); pip install {' '.join(pins(row))} .")
         subprocess.run([python, "-m", "venv", str(venv)], check=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,20 @@ def is_next(row: Row) -> bool:
 def pins(row: Row) -> list[str]:
     """pip requirements pinning the row's stack (the "next" row's transformers: unpinned, see ``install_flags``)."""
     return [name if row[name] == NEXT else f"{name}=={row[name]}" for name in STACK]
+
+
+def pip_find_links() -> list[str]:
+    """pip's find-links (``PIP_FIND_LINKS`` and ``pip config``), for uv, which reads neither: where the CPU torch
+    wheel lies on these machines."""
+    links = os.environ.get("PIP_FIND_LINKS", "").split()
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "get", "global.find-links"], capture_output=True, text=True
+        )
+        links += out.stdout.split() if out.returncode == 0 else []
+    except OSError:
+        pass
+    return sorted(set(links))
 
 
 def install_flags(row: Row) -> list[str]:

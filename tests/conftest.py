@@ -19,6 +19,21 @@ SCRIPTS = TESTS / "scripts"
 sys.path.append(str(TESTS.parent))
 
 
+# Fixtures built once per test process and shared across files: under pytest-xdist (``nox -s tests`` runs
+# ``-n auto --dist loadgroup``), every test that uses one goes to the same worker, so it is still built once.
+SHARED_ACROSS_FILES = ("check_run",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under xdist: one group per file (a module-scoped fixture is built once), and one for the tests of each
+    fixture in ``SHARED_ACROSS_FILES`` (``check`` runs once per session, not once per worker)."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        shared = [name for name in SHARED_ACROSS_FILES if name in getattr(item, "fixturenames", ())]
+        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.name))
+
+
 @pytest.fixture(scope="session")
 def gemma3n_module():
     """transformers' Gemma 3n modelling module, with every patch this release needs applied."""
