@@ -58,10 +58,8 @@ def _create_venv(row: Row, venv: Path, log: Log) -> Path:
         subprocess.run([uv, "venv", "-q", "-p", python, str(venv)], check=True)
         links = [arg for link in pip_find_links() for arg in ("--find-links", link)]
         uv_flags = ["--prerelease", "allow"] if flags else []
-        # compiled bytecode: these machines set PYTHONDONTWRITEBYTECODE=1, and without .pyc files every process
-        # of the cell (reproducers, one per export) compiles transformers and torch anew (~20 s each)
-        subprocess.run([uv, "pip", "install", "-q", "--compile-bytecode", "-p", str(venv / "bin" / "python"), *links,
-                        *uv_flags, *requirements], check=True)  # fmt: skip
+        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *links, *uv_flags,
+                        *requirements], check=True)  # fmt: skip
     else:
         log(f"python -m venv {venv} ({python}); pip install {' '.join(pins(row))} .")
         subprocess.run([python, "-m", "venv", str(venv)], check=True)
@@ -97,6 +95,10 @@ def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None 
         # as if the venv were activated: some executorch releases (1.0.x) run a `flatc` found on PATH
         env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"
         env["VIRTUAL_ENV"] = str(venv)
+        # uv writes no .pyc and these machines set PYTHONDONTWRITEBYTECODE=1: the cell's processes (reproducers,
+        # one per export) would each compile transformers anew (~20 s); the first ones write it for the rest
+        # (uv pip install --compile-bytecode instead cost 53 s of a 7 s install)
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
         # an exported graph lowered by an earlier cell on the same torch/executorch/torchao is not lowered again
         # (gemma3n_export_fixes.export.lowered_cache); a fixed hash seed makes XNNPACK's lowering byte-stable
         env.setdefault("PYTHONHASHSEED", "0")
