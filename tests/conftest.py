@@ -26,12 +26,17 @@ SHARED_ACROSS_FILES = ("check_run",)
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist: one group per file (a module-scoped fixture is built once), and one for the tests of each
-    fixture in ``SHARED_ACROSS_FILES`` (``check`` runs once per session, not once per worker)."""
+    fixture in ``SHARED_ACROSS_FILES`` (``check`` runs once per session, not once per worker). Those groups, the
+    longest (``check`` alone is ~6 min), go first, so one worker starts them while the other takes the files."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
+    shared_first = []
     for item in items:
         shared = [name for name in SHARED_ACROSS_FILES if name in getattr(item, "fixturenames", ())]
         item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.name))
+        shared_first.append(0 if shared else 1)
+    order = sorted(range(len(items)), key=shared_first.__getitem__)
+    items[:] = [items[i] for i in order]
 
 
 @pytest.fixture(scope="session")
