@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Under xdist: one group per file (a module-scoped fixture is built once), and one for the tests of each
     fixture in ``SHARED_ACROSS_FILES`` (``check`` runs once per session, not once per worker). Those groups, the
     longest (``check`` alone is ~6 min), go first, so one worker starts them while the other takes the files."""
-    if not config.pluginmanager.hasplugin("xdist"):
+    if not hasattr(config, "workerinput"):  # not an xdist worker (the workers' collection order is the one used)
         return
     shared_first = []
     for item in items:
