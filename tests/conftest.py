@@ -24,6 +24,7 @@ sys.path.append(str(TESTS.parent))
 SHARED_ACROSS_FILES = ("check_run",)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist: one group per file (a module-scoped fixture is built once), and one for the tests of each
     fixture in ``SHARED_ACROSS_FILES`` (``check`` runs once per session, not once per worker). Those groups, the
