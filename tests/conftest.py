@@ -19,25 +19,14 @@ SCRIPTS = TESTS / "scripts"
 sys.path.append(str(TESTS.parent))
 
 
-# Fixtures built once per test process and shared across files: under pytest-xdist (``nox -s tests`` runs
-# ``-n auto --dist loadgroup``), every test that uses one goes to the same worker, so it is still built once.
-SHARED_ACROSS_FILES = ("check_run",)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under xdist: one group per file (a module-scoped fixture is built once), and one for the tests of each
-    fixture in ``SHARED_ACROSS_FILES`` (``check`` runs once per session, not once per worker). Those groups, the
-    longest (``check`` alone is ~6 min), go first, so one worker starts them while the other takes the files."""
+    """Under xdist (``nox -s tests`` runs ``-n auto --dist loadfile``: a file's tests share one worker, so a
+    module-scoped fixture is built once): within each file, the tests that use ``check_run`` first, so the
+    worker that takes test_commands.py starts ``check`` (~6 min) at once; the others wait for it there."""
     if not hasattr(config, "workerinput"):  # not an xdist worker (the workers' collection order is the one used)
         return
-    shared_first = []
-    for item in items:
-        shared = [name for name in SHARED_ACROSS_FILES if name in getattr(item, "fixturenames", ())]
-        item.add_marker(pytest.mark.xdist_group(shared[0] if shared else item.path.name))
-        shared_first.append(0 if shared else 1)
-    order = sorted(range(len(items)), key=shared_first.__getitem__)
-    items[:] = [items[i] for i in order]
+    files = {item.path: n for n, item in reversed(list(enumerate(items)))}
+    items.sort(key=lambda item: (files[item.path], "check_run" not in getattr(item, "fixturenames", ())))
 
 
 @pytest.fixture(scope="session")
@@ -116,13 +105,24 @@ def check_run(tmp_path_factory, gemma3n_module):
 
     Every export path check covers (fixed window portable/XNNPACK, KV cache portable, KV cache 8da4w + 4w on
     XNNPACK) is built here once and shared by the tests that validate or run those programs.
+    Under xdist the workers share one run: the first to get here runs it under a file lock, the others wait for
+    it and read its result.
     """
+    import fcntl
     import json
 
-    base = tmp_path_factory.mktemp("check")
-    out, keep = base / "check.json", base / "programs"
-    result = run_python(["-m", "gemma3n_export_fixes.cli", "check", "--json", str(out), "--keep", str(keep)],
-                        timeout=1800)  # fmt: skip
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+    base = root / "check-shared"
+    out, keep, done = base / "check.json", base / "programs", base / "process.json"
+    with open(root / "check-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            base.mkdir(exist_ok=True)
+            cmd = ["-m", "gemma3n_export_fixes.cli", "check", "--json", str(out), "--keep", str(keep)]
+            ran = run_python(cmd, timeout=1800)
+            done.write_text(json.dumps([ran.args, ran.returncode, ran.stdout, ran.stderr]))
+    result = subprocess.CompletedProcess(*json.loads(done.read_text()))
     record = json.loads(out.read_text()) if out.exists() else {}
     return result, record, keep
 
