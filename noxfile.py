@@ -31,11 +31,11 @@ sys.path.append(str(ROOT))
 from matrix.grid import (  # noqa: E402
     client_pins,
     default_stack,
+    find_links_args,
     inputs_hash,
     is_current,
     load_rows,
     pins,
-    pip_find_links,
     tool_pin,
 )
 
@@ -60,9 +60,8 @@ def params(tag: str | None = None, tags: list[str] | None = None) -> list:
 def _install(session: nox.Session, *requirements: str) -> None:
     """pip install, or uv pip install with pip's find-links and compiled bytecode (these machines set
     PYTHONDONTWRITEBYTECODE=1: without ``.pyc`` files every test process compiles transformers anew, ~20 s)."""
-    links = [arg for link in pip_find_links() for arg in ("--find-links", link)]
     uv = ["--compile-bytecode"] if session.venv_backend == "uv" else []
-    session.install(*uv, *links, *requirements)
+    session.install(*uv, *find_links_args(), *requirements)
 
 
 def install(session: nox.Session, row: dict, extras: str = "") -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from matrix.grid import ROOT, Row, inputs_hash, install_flags, pins, pip_find_links, result_path
+from matrix.grid import ROOT, Row, find_links_args, inputs_hash, install_flags, pins, result_path
 
 Log = Callable[[str], None]
 #: Shared by the cells of one machine (kept out of git with the rest of ``.nox``).
@@ -56,9 +56,8 @@ def _create_venv(row: Row, venv: Path, log: Log) -> Path:
     if uv:
         log(f"uv venv {venv} ({python})")
         subprocess.run([uv, "venv", "-q", "-p", python, str(venv)], check=True)
-        links = [arg for link in pip_find_links() for arg in ("--find-links", link)]
         uv_flags = ["--prerelease", "allow"] if flags else []
-        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *links, *uv_flags,
+        subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), *find_links_args(), *uv_flags,
                         *requirements], check=True)  # fmt: skip
     else:
         log(f"python -m venv {venv} ({python}); pip install {' '.join(pins(row))} .")
@@ -100,7 +99,8 @@ def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None 
         # (uv pip install --compile-bytecode instead cost 53 s of a 7 s install)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         # an exported graph lowered by an earlier cell on the same torch/executorch/torchao is not lowered again
-        # (gemma3n_export_fixes.export.lowered_cache); a fixed hash seed makes XNNPACK's lowering byte-stable
+        # (gemma3n_export_fixes.export.lowered_cache); a fixed hash seed makes XNNPACK's lowering byte-stable, and
+        # the trace itself: transformers 5.x's Gemma3nTextModel.forward iterates a set of layer-type strings
         env.setdefault("PYTHONHASHSEED", "0")
         if lowered_cache is not None:
             env["GEMMA3N_EXPORT_FIXES_LOWERED_CACHE"] = str(lowered_cache)

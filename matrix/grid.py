@@ -80,9 +80,9 @@ def pins(row: Row) -> list[str]:
     return [name if row[name] == NEXT else f"{name}=={row[name]}" for name in STACK]
 
 
-def pip_find_links() -> list[str]:
-    """pip's find-links (``PIP_FIND_LINKS`` and ``pip config``), for uv, which reads neither: where the CPU torch
-    wheel lies on these machines."""
+def find_links_args() -> list[str]:
+    """pip's find-links (``PIP_FIND_LINKS`` and ``pip config``) as ``--find-links`` arguments, for uv, which reads
+    neither: where the CPU torch wheel lies on these machines."""
     links = os.environ.get("PIP_FIND_LINKS", "").split()
     try:
         out = subprocess.run(
@@ -91,7 +91,7 @@ def pip_find_links() -> list[str]:
         links += out.stdout.split() if out.returncode == 0 else []
     except OSError:
         pass
-    return sorted(set(links))
+    return [arg for link in sorted(set(links)) for arg in ("--find-links", link)]
 
 
 def install_flags(row: Row) -> list[str]:
