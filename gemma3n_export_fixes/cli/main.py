@@ -79,7 +79,7 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
 
     memory = check_fits(args.model, options)  # before any heavy work: refuse what cannot fit, in one line
     con.progress(f"loading {args.model} (predicted peak memory of the export {memory.predicted_peak / 1e9:.1f} GB) ...")
-    loaded = load_model(args.model)
+    loaded = load_model(args.model, lazy=True)  # the real shapes: weights come unit by unit (models.lazy)
     con.progress(f"loaded {args.model}: {loaded.parameters:,} parameters")
     record = export_pte(loaded, out, options, progress=con.progress)
     applied = [p["id"] for p in record["patches"] if p["state"] == "applied"]

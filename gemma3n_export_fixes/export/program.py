@@ -97,7 +97,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     require("executorch", "export", "executorch")
     import gemma3n_export_fixes as gx
     from gemma3n_export_fixes.export import kvcache
-    from gemma3n_export_fixes.export.memory import plan
+    from gemma3n_export_fixes.export.memory import plan, release_freed
     from gemma3n_export_fixes.export.sizes import price
     from gemma3n_export_fixes.models.recipe import export_recipe
     from gemma3n_export_fixes.versions import stack_versions
@@ -118,6 +118,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
     what = f"{options.dtype}, linears {options.quant}, embeddings {options.quant_embeddings}, unit by unit"
     with timer.stage("quantize", what):
         quantized = quantize(model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
+        release_freed()
     methods: dict[str, Any] = {}
     lowering: dict[str, Any] = {}
     if options.kv_cache:
@@ -147,6 +148,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
         with timer.stage("to_executorch", "memory planning and emission"):
             program = edge.to_executorch()
         del edge
+        release_freed()
     else:
         del exported
         cached, lowering = hit[0], {**hit[1], "cached": key}

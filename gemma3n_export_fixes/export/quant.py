@@ -165,40 +165,87 @@ def quantize_embeddings(model: torch.nn.Module, scheme: str = "8w", dtype: torch
         odd = [n for n, m in model.named_modules() if isinstance(m, nn.Embedding) and m.embedding_dim % 2]
         if odd:
             raise ValueError(f"4w embeddings need an even embedding dim; {', '.join(odd)} have an odd one")
+    from gemma3n_export_fixes.models.lazy import materialize
+
     names = [name for name, module in model.named_modules() if isinstance(module, nn.Embedding)]
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
+        materialize(model, getattr(parent, child))  # a lazily built table gets its values now (models.lazy)
         setattr(parent, child, QuantizedEmbeddingFactory.build(getattr(parent, child), scheme, dtype))
     return names
 
 
-def quantize_linears(model: torch.nn.Module, scheme: str, skip: set[int] | None = None) -> tuple[list[str], list[str]]:
-    """torchao quantization of the ``nn.Linear`` layers (in place; those in ``skip``, by id, untouched);
-    returns (quantized, left in float)."""
-    require("torchao", f"--quant {scheme}", "torchao")
+def _linear_config(scheme: str) -> object:
     import torch
+
+    if scheme == "int8":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        return Int8WeightOnlyConfig()
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    if scheme == "8da4w":
+        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(GROUP_SIZE))
+    return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+
+
+#: Linears with more output rows than this are quantized this many rows at a time (``8da4w``/``8da8w``: their
+#: weights are quantized per row, so the pieces are exact): torchao's quantization of E2B's tied head in one go
+#: (262,400 x 2,048, float32) took 4.3 GB of temporaries on top of the 2.1 GB weight (measured).
+ROW_CHUNK = 32_768
+
+
+def is_row_chunked(linear: torch.nn.Module, scheme: str) -> bool:
+    """Whether :func:`quantize_linears` quantizes ``linear`` in row chunks (so it is cast chunk by chunk too)."""
+    return scheme in ("8da4w", "8da8w") and linear.out_features > ROW_CHUNK
+
+
+def _quantize_row_chunks(linear: torch.nn.Module, scheme: str, dtype: torch.dtype) -> None:
+    """``linear``'s weight quantized ``ROW_CHUNK`` rows at a time, each cast to ``dtype`` on its own, then joined
+    into one quantized weight: bit for bit what quantizing it whole gives (``tests/test_quant.py``)."""
+    import torch
+    from torchao.quantization import quantize_
+
+    weight = linear.weight.detach()
+    rows, cols = weight.shape
+    parts = []
+    for start in range(0, rows, ROW_CHUNK):
+        piece = torch.nn.Linear(cols, min(ROW_CHUNK, rows - start), bias=False, device="meta")
+        piece.weight = torch.nn.Parameter(weight[start : start + ROW_CHUNK].to(dtype), requires_grad=False)
+        quantize_(piece, _linear_config(scheme))
+        parts.append(piece.weight)
+    kind = type(parts[0])
+    names, context = parts[0].__tensor_flatten__()
+    inner = {name: torch.cat([getattr(part, name) for part in parts]) for name in names}
+    del parts, weight
+    joined = kind.__tensor_unflatten__(inner, context, torch.Size((rows, cols)), (cols, 1))
+    linear.weight = torch.nn.Parameter(joined, requires_grad=False)
+    if linear.bias is not None:
+        linear.bias = torch.nn.Parameter(linear.bias.detach().to(dtype), requires_grad=False)
+
+
+def quantize_linears(
+    model: torch.nn.Module, scheme: str, skip: set[int] | None = None, dtype: torch.dtype | None = None
+) -> tuple[list[str], list[str]]:
+    """torchao quantization of the ``nn.Linear`` layers (in place; those in ``skip``, by id, untouched);
+    returns (quantized, left in float). Linears with more than :data:`ROW_CHUNK` rows are quantized in row
+    chunks, each cast to ``dtype`` (default: the weight's) first."""
+    require("torchao", f"--quant {scheme}", "torchao")
     from torch import nn
     from torchao.quantization import quantize_
 
     skip = skip or set()
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear) and id(m) not in skip]
-    if scheme == "int8":
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        config = Int8WeightOnlyConfig()
-    else:
-        from torchao.quantization import Int8DynamicActivationIntxWeightConfig
-        from torchao.quantization.granularity import PerAxis, PerGroup
-
-        if scheme == "8da4w":
-            config = Int8DynamicActivationIntxWeightConfig(
-                weight_dtype=torch.int4, weight_granularity=PerGroup(GROUP_SIZE)
-            )
-        else:
-            config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
     chosen = {id(m) for name, m in linears if linear_is_quantized(name, m.in_features, scheme)}
-    quantize_(model, config, filter_fn=lambda module, fqn: id(module) in chosen)
+    chunked = {id(m) for _, m in linears if id(m) in chosen and is_row_chunked(m, scheme)}
+    for _, module in linears:
+        if id(module) in chunked:
+            _quantize_row_chunks(module, scheme, dtype or module.weight.dtype)
+    whole = chosen - chunked
+    if whole:
+        quantize_(model, _linear_config(scheme), filter_fn=lambda module, fqn: id(module) in whole)
     return [n for n, m in linears if id(m) in chosen], [n for n, m in linears if id(m) not in chosen]
 
 
@@ -249,9 +296,12 @@ def cast_floats(module: torch.nn.Module, dtype: torch.dtype, skip: set[int] | No
 def quantize(model: torch.nn.Module, quant: str, embeddings: str, dtype: torch.dtype | None = None) -> list[str]:
     """Bring ``model`` to ``dtype`` and apply ``quant`` to the linears and ``embeddings`` to the embedding tables,
     unit by unit: the tables first (in row chunks), then each decoder layer (cast, then its linears quantized),
-    then the rest. The model never exists in ``dtype`` as a whole unless nothing is quantized. Returns what was
-    done, as lines for the export record."""
+    then the rest. The model never exists in ``dtype`` as a whole unless nothing is quantized; a lazily built
+    model (``models.lazy``) gets each unit's weights just before the unit is cast, so it never exists whole at
+    all. Returns what was done, as lines for the export record."""
     import torch
+
+    from gemma3n_export_fixes.models.lazy import materialize
 
     dtype = dtype or next(model.parameters()).dtype
     done = []
@@ -263,14 +313,18 @@ def quantize(model: torch.nn.Module, quant: str, embeddings: str, dtype: torch.d
     layers = decoder_layers(model)
     with torch.no_grad():
         for prefix, layer in layers:
+            materialize(model, layer)
             cast_floats(layer, dtype)
             if quant != "none":
                 q, k = quantize_linears(layer, quant)
                 quantized += [f"{prefix}.{n}" for n in q]
                 kept += [f"{prefix}.{n}" for n in k]
-        cast_floats(model, dtype, skip={id(layer) for _, layer in layers})
+        materialize(model)  # what is left: the AltUp and per-layer projections, the norms, the (tied) head
+        chunked = {id(m) for m in model.modules() if isinstance(m, torch.nn.Linear) and is_row_chunked(m, quant)}
+        cast_floats(model, dtype, skip={id(layer) for _, layer in layers} | chunked)  # those: chunk by chunk
         if quant != "none":
-            q, k = quantize_linears(model, quant, skip={id(m) for _, layer in layers for m in layer.modules()})
+            in_layers = {id(m) for _, layer in layers for m in layer.modules()}
+            q, k = quantize_linears(model, quant, skip=in_layers, dtype=dtype)
             quantized, kept = q + quantized, k + kept
     if quant != "none":
         line = f"linears ({len(quantized)}): {LINEAR_DESCRIPTIONS[quant]}"

@@ -187,12 +187,16 @@ def refuse_incomplete(directory: Path, info: dict[str, Any]) -> None:
         raise UserError(f"{directory}: the checkpoint does not match this transformers' Gemma 3n: {'; '.join(found)}")
 
 
-def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> LoadedModel:
+def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0, lazy: bool = False) -> LoadedModel:
     """Load ``spec`` (``tiny``, ``e2b-shape``, ``e4b-shape`` or a checkpoint directory) in eval mode.
 
     Without ``dtype`` each source comes in its natural dtype, the one that costs least memory: ``tiny`` in
     float32, the real shapes built and initialised in bfloat16 (never float32), a checkpoint in the dtype it
-    was saved in. The export casts (and quantizes) unit by unit from there (``export.quant.prepare``).
+    was saved in. The export casts (and quantizes) unit by unit from there (``export.quant.quantize``).
+
+    ``lazy`` (the real shapes; ignored for the others): the large weights stay on the meta device until
+    ``export.quant.quantize`` reaches their unit (``models.lazy``), so the whole model is never resident. The
+    values are the same as without ``lazy`` (``models.lazy.materialize`` fills them all at once then).
     """
     import torch
 
@@ -201,7 +205,12 @@ def load_model(spec: str, dtype: torch.dtype | None = None, seed: int = 0) -> Lo
     if spec == "tiny":
         model = build_tiny_model(seed=seed, dtype=dtype)
     elif spec in SHAPES:
-        model = build_tiny_model(seed=seed, dtype=dtype, init_dtype=torch.bfloat16, **SHAPES[spec])
+        from gemma3n_export_fixes.models.lazy import materialize
+
+        model = build_tiny_model(seed=seed, init_dtype=torch.bfloat16, lazy=True, **SHAPES[spec])
+        if not lazy or dtype is not None:
+            materialize(model)
+            model = model if dtype is None else model.to(dtype)
     else:
         directory = Path(spec)
         checkpoint_model_type(directory)

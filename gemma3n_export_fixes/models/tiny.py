@@ -74,6 +74,8 @@ def perturb_constant_parameters(model: torch.nn.Module, generator: torch.Generat
     changed = 0
     with torch.no_grad():
         for param in model.parameters():
+            if param.is_meta:  # a lazily built weight (models.lazy): random when it gets its values
+                continue
             flat = param.detach().reshape(-1)
             if flat.numel() and bool(torch.eq(*torch.aminmax(flat))):
                 noise = torch.randn(param.shape, generator=generator, dtype=torch.float32) * scale
@@ -99,22 +101,32 @@ def default_dtype(dtype: torch.dtype | None) -> Iterator[None]:
 
 
 def build_tiny_model(
-    seed: int = 0, dtype: torch.dtype | None = None, init_dtype: torch.dtype | None = None, **overrides: Any
+    seed: int = 0,
+    dtype: torch.dtype | None = None,
+    init_dtype: torch.dtype | None = None,
+    lazy: bool = False,
+    **overrides: Any,
 ) -> Gemma3nForCausalLM:
     """The seeded tiny ``Gemma3nForCausalLM`` in eval mode (float32 unless ``dtype`` says otherwise).
 
     ``init_dtype``: build and initialise the weights in that dtype (the real shapes use bfloat16, the real
     checkpoints' dtype, so a 4.4B model never exists in float32); then ``dtype`` casts, if given.
+    ``lazy``: build unit by unit (``models.lazy``): the large weights stay on the meta device until
+    ``models.lazy.materialize`` gives them their (seeded) values; ``dtype`` must then be ``None``.
     """
     import torch
     from transformers import Gemma3nForCausalLM
 
+    from gemma3n_export_fixes.models.lazy import build_lazy
+
     config = tiny_text_config(**overrides)
     torch.manual_seed(seed)
     with default_dtype(init_dtype):
-        model = Gemma3nForCausalLM(config)
+        model = build_lazy(lambda: Gemma3nForCausalLM(config), seed) if lazy else Gemma3nForCausalLM(config)
     perturb_constant_parameters(model, torch.Generator().manual_seed(seed + 1))
     if dtype is not None:
+        if lazy:
+            raise ValueError("a lazily built model is cast unit by unit (export.quant.quantize), not as a whole")
         model = model.to(dtype)
     return model.eval()
 

@@ -106,7 +106,7 @@ def reference_models(
     from gemma3n_export_fixes.models.sources import load_model, torch_dtype
 
     dtype = torch_dtype(options.dtype)
-    reference = load_model(spec)
+    reference = load_model(spec, lazy=True)
     quantize(reference.model, options.quant, options.quant_embeddings, dtype)  # as the export does: unit by unit
     if not options.quantized or not with_float:
         return reference, None
