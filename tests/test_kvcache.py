@@ -65,6 +65,11 @@ def test_float_kv_program_matches_eager_generate_token_by_token(kv_programs):
     assert v["tokens_match"] and v["program_tokens"] == v["eager_tokens"]
     assert v["new_tokens"] >= 2 * v["sliding_window"]
     assert v["max_abs_diff"] <= 1e-3 and v["top1_agreement"] == 1.0
+    capped = run_python([*CLI, "validate", str(pte), "--json", "--max-new-tokens", "3"])  # what runs at size
+    assert capped.returncode == 0, capped.stdout + capped.stderr[-2000:]
+    c = json.loads(capped.stdout)
+    assert c["new_tokens"] == 3 and c["eager_tokens"] == v["eager_tokens"][:3] and c["tokens_match"]
+    one_line_error(run_python([*CLI, "validate", str(pte), "--max-new-tokens", "0"]), "--max-new-tokens 0")
 
 
 @pytest.mark.slow

@@ -161,9 +161,20 @@ class KVValidationResult(Judged):
     runtime_ms_per_token: float
 
 
-def kv_validation_length(max_seq_len: int, sliding_window: int, prompt_len: int) -> int:
-    """New tokens to decode: twice the sliding window past the prompt (plus 4), within the cache."""
-    return max(1, min(max_seq_len - prompt_len, 2 * sliding_window + 4))
+#: New tokens a KV validation decodes by default for a model of more than :data:`AT_SIZE_PARAMETERS`: its eager
+#: reference (torchao dequantizes every quantized weight in every call) did not finish 251 E2B tokens in 24 min.
+AT_SIZE_NEW_TOKENS = 32
+AT_SIZE_PARAMETERS = 1e9
+
+
+def kv_validation_length(max_seq_len: int, sliding_window: int, prompt_len: int, limit: int | None = None) -> int:
+    """New tokens to decode: twice the sliding window past the prompt (plus 4), within the cache and ``limit``."""
+    return max(1, min(max_seq_len - prompt_len, 2 * sliding_window + 4, limit or max_seq_len))
+
+
+def default_new_tokens(loaded: LoadedModel) -> int | None:
+    """The default cap on a KV validation's new tokens: :data:`AT_SIZE_NEW_TOKENS` at size, none below."""
+    return AT_SIZE_NEW_TOKENS if loaded.parameters > AT_SIZE_PARAMETERS else None
 
 
 def _eager_greedy(model: Any, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], torch.Tensor]:
@@ -179,9 +190,15 @@ def _eager_greedy(model: Any, prompt: torch.Tensor, new_tokens: int) -> tuple[li
 
 
 def validate_kv(
-    program: Any, loaded: LoadedModel, kind: str = "float32", seed: int = 7, float_model: LoadedModel | None = None
+    program: Any,
+    loaded: LoadedModel,
+    kind: str = "float32",
+    seed: int = 7,
+    float_model: LoadedModel | None = None,
+    max_new_tokens: int | None = None,
 ) -> KVValidationResult:
-    """Teacher-forced logits and free greedy tokens of a KV-cache ``program`` vs eager ``generate``.
+    """Teacher-forced logits and free greedy tokens of a KV-cache ``program`` vs eager ``generate``
+    (:func:`kv_validation_length` new tokens, at most ``max_new_tokens``).
 
     A quantized program's float comparison is teacher-forced on the float model's own greedy tokens.
     """
@@ -193,7 +210,7 @@ def validate_kv(
     decoder = runtime_decoder(program)
     window = int(loaded.config.get("sliding_window") or 0)
     prompt_len = min(5, decoder.max_seq_len - 1)
-    new_tokens = kv_validation_length(decoder.max_seq_len, window, prompt_len)
+    new_tokens = kv_validation_length(decoder.max_seq_len, window, prompt_len, max_new_tokens)
     prompt = tiny_input_ids(prompt_len, seed=seed, vocab_size=loaded.vocab_size)
     eager_tokens, expected = _eager_greedy(loaded.model, prompt, new_tokens)
     ids = prompt[0].tolist()
