@@ -8,8 +8,10 @@ machine (the figures in the README; ``nox -s real_size`` re-measures them):
 
 - before lowering: a checkpoint, whole in its natural dtype, plus the unit being cast (the tied head in float32 at
   worst); a real shape, built unit by unit (``models.lazy``), the quantized model plus the largest unit in flight;
-- lowering: torchao keeps int4 weights unpacked (one byte each) until XNNPACK packs them into its delegate
-  payloads, and the payloads and the program exist side by side until the file is written.
+- lowering: the eager quantized model stays resident (torchao keeps int4 weights unpacked, one byte each, and
+  the exported program shares them), while XNNPACK packs them into its delegate payloads and the program and
+  the payloads exist side by side until the file is written. E2B 8da4w + 4w, KV 256: 12.3 GB measured at the
+  lowering, predicted 1.0 + 4.0 (eager quantized) + 2.5 x 2.96 (stored) = 12.4 GB.
 
 ``export`` refuses, in one line, a job whose predicted peak exceeds the memory available (``MemAvailable``, or
 the cgroup limit when lower), and says what would fit.
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 GB = 1e9
 #: Resident memory of the process before any weight exists (torch, transformers, executorch imported).
 BASE_BYTES = 1.0 * GB
-#: Peak during lowering, per byte of stored weights (measured: see the module docstring).
+#: Peak during lowering on top of the eager quantized model, per byte of stored weights (measured: see the
+#: module docstring).
 LOWERING_FACTOR = 2.5
 
 
@@ -147,7 +150,7 @@ def plan(spec: str, options: ExportOptions) -> MemoryPlan:
         before_lowering = _eager_quantized_bytes(model, options) + in_flight
     else:  # the whole model as loaded, plus the unit being cast (the tied head in float32 at worst)
         before_lowering = natural + head
-    lowering = int(stored["bytes"] * LOWERING_FACTOR)
+    lowering = _eager_quantized_bytes(model, options) + int(stored["bytes"] * LOWERING_FACTOR)
     return MemoryPlan(natural, stored["bytes"], head, int(BASE_BYTES + max(before_lowering, lowering)))
 
 
