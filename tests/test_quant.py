@@ -102,6 +102,29 @@ def test_linears_that_do_not_fit_the_group_stay_float(scheme, gemma3n_module):
         assert kept == altup
 
 
+@pytest.mark.parametrize("scheme", ["8da4w", "8da8w"])
+def test_a_reference_dequantized_once_computes_what_torchao_computes(scheme, gemma3n_module):
+    """``dequantize_linears`` (validate's reference) gives torchao's logits bit for bit, in row chunks too,
+    and leaves no quantized linear behind."""
+    pytest.importorskip("torchao", reason="--quant needs torchao")
+    import torch
+
+    from gemma3n_export_fixes.export.quant import dequantize_linears, quantize
+    from gemma3n_export_fixes.models.tiny import build_tiny_model, tiny_input_ids
+
+    model = build_tiny_model(seed=3)
+    quantize(model, scheme, "4w", torch.float32)
+    quantized = sum(type(m.weight) is not torch.nn.Parameter for m in model.modules() if isinstance(m, torch.nn.Linear))
+    ids = tiny_input_ids(12, seed=5, vocab_size=model.config.vocab_size)
+    with torch.no_grad():
+        expected = model(input_ids=ids, use_cache=False).logits
+        assert dequantize_linears(model, rows=7) == quantized > 0
+        got = model(input_ids=ids, use_cache=False).logits
+    assert all(type(m.weight) is torch.nn.Parameter for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert torch.equal(got, expected)
+    assert dequantize_linears(model) == 0  # nothing quantized is left to do
+
+
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory, gemma3n_module):
     """A 2-layer Gemma 3n (one sliding, one full layer): the quantized XNNPACK exports lower in a third of

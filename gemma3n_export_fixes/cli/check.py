@@ -135,7 +135,7 @@ def export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dic
     from gemma3n_export_fixes.export.program import export_pte
     from gemma3n_export_fixes.models.sources import load_model
     from gemma3n_export_fixes.runtime.loading import load_forward, load_program
-    from gemma3n_export_fixes.runtime.validation import reference_models, validate, validate_kv
+    from gemma3n_export_fixes.runtime.validation import float_source, reference_model, validate, validate_kv
 
     out = workdir / f"tiny-{name}.pte"
     say(f"export tiny -> {name} ...")
@@ -143,7 +143,7 @@ def export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dic
         record = export_pte(load_model("tiny"), out, options, progress=lambda line: say(f"  {name} {line.strip()}"))
         start = time.perf_counter()
         program = load_program(out)
-        reference, float_model = reference_models("tiny", options)
+        reference, float_model = reference_model("tiny", options), float_source("tiny", options)
         if options.kv_cache:
             result = validate_kv(program, reference, kind=options.kind, float_model=float_model)
         else:

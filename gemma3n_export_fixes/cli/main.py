@@ -124,13 +124,17 @@ def _validation_fits(model: str, options: Any, pte: Path, con: Console) -> bool:
 
 
 def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
+    from functools import partial
+
+    from gemma3n_export_fixes.export.memory import meta_model
     from gemma3n_export_fixes.export.options import ExportOptions
     from gemma3n_export_fixes.export.writing import read_sidecar
     from gemma3n_export_fixes.runtime.loading import is_kv_program, load_forward, load_program, set_threads
     from gemma3n_export_fixes.runtime.validation import (
         default_new_tokens,
+        float_source,
         minimum_phrase,
-        reference_models,
+        reference_model,
         validate,
         validate_kv,
     )
@@ -150,12 +154,13 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
     # the reference: the eager model in the program's dtype and quantization; quantized programs are also
     # compared with the float model (reported, not judged)
     with_float = _validation_fits(model, options, pte, con)
-    loaded, float_model = reference_models(model, options, with_float=with_float)
+    reference = partial(reference_model, model, options)  # built inside, dropped before the float model is built
+    float_model = float_source(model, options, with_float=with_float)
     if is_kv_program(program):
-        cap = args.max_new_tokens or default_new_tokens(loaded)
+        cap = args.max_new_tokens or default_new_tokens(sum(p.numel() for p in meta_model(model).parameters()))
         note = "" if args.max_new_tokens or cap is None else f" (at most {cap} new tokens at this size)"
         con.progress(f"validating {pte}: teacher-forced logits and greedy tokens vs eager generate{note} ...")
-        kv = validate_kv(program, loaded, kind=kind, float_model=float_model, max_new_tokens=cap)
+        kv = validate_kv(program, reference, kind=kind, float_model=float_model, max_new_tokens=cap)
         if args.json:
             _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "kv-cache", "threads": threads,
                               **kv.to_dict()})  # fmt: skip
@@ -175,7 +180,7 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
                 f"ms/token, {threads} thread(s)" + _vs_float(kv.float_max_abs_diff, kv.float_top1_agreement)
             )
         return 0 if kv.ok else 1
-    result = validate(load_forward(program, pte), loaded, kind=kind, float_model=float_model)
+    result = validate(load_forward(program, pte), reference, kind=kind, float_model=float_model)
     if args.json:
         _print_json(con, {"pte": str(pte), "model": model, "kind": kind, "program": "fixed-window", "threads": threads,
                           **result.to_dict()})  # fmt: skip

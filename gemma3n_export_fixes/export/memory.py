@@ -141,16 +141,17 @@ def plan(spec: str, options: ExportOptions) -> MemoryPlan:
     natural = price(model, natural_dtype(spec))["float_bytes"]
     stored = price(model, options.dtype, options.quant, options.quant_embeddings)
     head = model.lm_head.weight.numel() * 4
+    eager = _eager_quantized_bytes(model, options)
     if spec in SHAPES:  # built unit by unit (models.lazy): the quantized model plus the largest unit in flight
         largest = max(p.numel() for p in model.parameters())
         # the largest tensor (E2B's per-layer table) in its natural dtype, plus a half byte per element for its
         # quantization's temporaries: E2B measured 8.0 GB at its peak here, predicted 10.1 GB (an upper bound:
         # it counts every unit as quantized already)
         in_flight = int(largest * (torch_dtype(natural_dtype(spec)).itemsize + 0.5))
-        before_lowering = _eager_quantized_bytes(model, options) + in_flight
+        before_lowering = eager + in_flight
     else:  # the whole model as loaded, plus the unit being cast (the tied head in float32 at worst)
         before_lowering = natural + head
-    lowering = _eager_quantized_bytes(model, options) + int(stored["bytes"] * LOWERING_FACTOR)
+    lowering = eager + int(stored["bytes"] * LOWERING_FACTOR)
     return MemoryPlan(natural, stored["bytes"], head, int(BASE_BYTES + max(before_lowering, lowering)))
 
 
@@ -186,14 +187,17 @@ RUNTIME_FACTOR = 1.35
 def validation_peaks(spec: str, options: ExportOptions, pte_bytes: int) -> tuple[int, int]:
     """Predicted peak of ``validate`` (with the float model, without it), in bytes.
 
-    ``validate`` builds the reference (natural dtype, then cast and quantized unit by unit as the export does;
-    torchao keeps int4 weights one byte each in eager), then the float model (natural dtype: bfloat16 for the
-    real shapes), runs the program (:data:`RUNTIME_FACTOR`) and the eager models, whose quantized head is
-    dequantized to float32 for each call."""
+    ``validate`` loads the program (:data:`RUNTIME_FACTOR`), then builds the reference as the export does (a
+    checkpoint is first loaded whole in its natural dtype); the reference's 8da4w/8da8w linears are dequantized
+    once to the program's dtype (``quant.dequantize_linears``; other quantized linears are dequantized per call
+    by torchao: the head in float32). The float model (natural dtype) is built after the reference is dropped."""
     model = meta_model(spec)
     natural = price(model, natural_dtype(spec))["float_bytes"]
-    reference = _eager_quantized_bytes(model, options)
     head = model.lm_head.weight.numel() * 4
-    running = reference + int(pte_bytes * RUNTIME_FACTOR) + head
-    without = BASE_BYTES + max(natural + head, running)
-    return int(BASE_BYTES + max(natural + head, running + natural)), int(without)
+    if options.quant in ("8da4w", "8da8w"):
+        reference = int(price(model, options.dtype, "none", options.quant_embeddings)["bytes"])
+    else:
+        reference = _eager_quantized_bytes(model, options) + head
+    running = int(pte_bytes * RUNTIME_FACTOR)
+    without = BASE_BYTES + max(natural + head, running + reference)
+    return int(BASE_BYTES + running + max(reference, natural + head)), int(without)

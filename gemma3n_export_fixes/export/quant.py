@@ -204,7 +204,7 @@ def is_row_chunked(linear: torch.nn.Module, scheme: str) -> bool:
 
 def _quantize_row_chunks(linear: torch.nn.Module, scheme: str, dtype: torch.dtype) -> None:
     """``linear``'s weight quantized ``ROW_CHUNK`` rows at a time, each cast to ``dtype`` on its own, then joined
-    into one quantized weight: bit for bit what quantizing it whole gives (``tests/test_quant.py``)."""
+    into one quantized weight: bit for bit what quantizing it whole gives (``tests/test_lazy.py``)."""
     import torch
     from torchao.quantization import quantize_
 
@@ -247,6 +247,37 @@ def quantize_linears(
     if whole:
         quantize_(model, _linear_config(scheme), filter_fn=lambda module, fqn: id(module) in whole)
     return [n for n, m in linears if id(m) in chosen], [n for n, m in linears if id(m) not in chosen]
+
+
+def dequantize_linears(model: torch.nn.Module, rows: int = ROW_CHUNK) -> int:
+    """Dequantize each ``8da4w``/``8da8w`` linear of ``model`` once, for an eager reference that is run, never
+    exported; returns how many. torchao's linear dequantizes its weight in every call (an E2B reference spent
+    minutes per token there, most of it allocating and filling float copies of the weights). Here each weight
+    is dequantized ``rows`` rows at a time into one tensor of its dtype, and a forward pre-hook applies torchao's
+    own int8 per-token activation quantize-dequantize: the ops torchao's linear runs (activations, weight
+    dequantize, ``F.linear``), so the same numbers (``tests/test_quant.py``), with the weights in float."""
+    import torch
+    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
+
+    def quantize_activations(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return (intx._apply_int8_act_asym_per_token_quant_dequant(args[0]), *args[1:])
+
+    done = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if not isinstance(module, torch.nn.Linear) or not isinstance(weight, intx.IntxUnpackedToInt8Tensor):
+            continue
+        activations = weight.activation_quantization
+        if activations not in (None, intx.IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN):
+            continue  # a kind this reference does not know: left to torchao
+        values = torch.empty(weight.shape, dtype=weight.dtype)
+        for start in range(0, weight.shape[0], rows):
+            values[start : start + rows] = weight[start : start + rows].dequantize()
+        module.weight = torch.nn.Parameter(values, requires_grad=False)
+        if activations is not None:
+            module.register_forward_pre_hook(quantize_activations)
+        done += 1
+    return done
 
 
 LINEAR_DESCRIPTIONS = {

@@ -14,8 +14,9 @@ function (kv-share-nocache). Here:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 from gemma3n_export_fixes.errors import UserError
 from gemma3n_export_fixes.runtime.loading import runtime_errors
@@ -93,32 +94,45 @@ class ValidationResult(Judged):
     eager_ms: float
 
 
-def reference_models(
-    spec: str, options: ExportOptions, with_float: bool = True
-) -> tuple[LoadedModel, LoadedModel | None]:
-    """(reference, float model) for a program exported with ``options``.
+#: A model, or what builds it when called: ``validate``/``validate_kv`` build the float model only after
+#: they are done with (and have dropped) a reference they built, so the two never need memory together.
+ModelSource = Union["LoadedModel", Callable[[], "LoadedModel"]]
 
-    The reference is the eager model in the program's dtype with the program's quantization applied; the
-    float model (in its natural dtype: bfloat16 for the real shapes, as built for the export, never a float32
-    copy of a real-size model) is returned only for quantized programs and ``with_float`` (``None`` otherwise).
-    """
-    from gemma3n_export_fixes.export.quant import quantize
+
+def _obtain(source: ModelSource) -> LoadedModel:
+    return source() if callable(source) else source
+
+
+def reference_model(spec: str, options: ExportOptions) -> LoadedModel:
+    """The reference of a program exported with ``options``: the eager model in the program's dtype with the
+    program's quantization applied unit by unit (as the export does), its 8da4w/8da8w linears then dequantized
+    once (``export.quant.dequantize_linears``: the same numbers, without dequantizing every weight per call)."""
+    from gemma3n_export_fixes.export.quant import dequantize_linears, quantize
     from gemma3n_export_fixes.models.sources import load_model, torch_dtype
 
-    dtype = torch_dtype(options.dtype)
     reference = load_model(spec, lazy=True)
-    quantize(reference.model, options.quant, options.quant_embeddings, dtype)  # as the export does: unit by unit
-    if not options.quantized or not with_float:
-        return reference, None
-    return reference, load_model(spec)
+    quantize(reference.model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
+    if options.quant in ("8da4w", "8da8w"):
+        dequantize_linears(reference.model)
+    return reference
+
+
+def float_source(spec: str, options: ExportOptions, with_float: bool = True) -> ModelSource | None:
+    """What builds the float model a quantized program is also compared with (in its natural dtype: bfloat16
+    for the real shapes, never a float32 copy of a real-size model); ``None`` for float programs."""
+    from gemma3n_export_fixes.models.sources import load_model
+
+    return (lambda: load_model(spec)) if options.quantized and with_float else None
 
 
 def validate(
-    method: Any, loaded: LoadedModel, kind: str = "float32", seed: int = 7, float_model: LoadedModel | None = None
+    method: Any, reference: ModelSource, kind: str = "float32", seed: int = 7, float_model: ModelSource | None = None
 ) -> ValidationResult:
-    """Run ``method`` on seeded token ids and compare with eager ``use_cache=True`` logits."""
+    """Run ``method`` on seeded token ids and compare with eager ``use_cache=True`` logits of ``reference``
+    (then, if given, of ``float_model``, built once the reference built here is dropped)."""
     import torch
 
+    from gemma3n_export_fixes.export.memory import release_freed
     from gemma3n_export_fixes.models.tiny import tiny_input_ids
 
     meta = method.metadata.input_tensor_meta(0)
@@ -126,6 +140,7 @@ def validate(
     if len(sizes) != 2 or sizes[0] != 1:
         raise UserError(f"the program's input is {sizes}, expected [1, seq_len] token ids")
     seq_len = sizes[1]
+    loaded = _obtain(reference)
     ids = tiny_input_ids(seq_len, seed=seed, vocab_size=loaded.vocab_size)
     start = time.perf_counter()
     with runtime_errors():
@@ -135,12 +150,14 @@ def validate(
     with torch.no_grad():
         expected = loaded.model(input_ids=ids, use_cache=True).logits
     eager_ms = (time.perf_counter() - start) * 1000
+    del loaded
     if tuple(logits.shape) != tuple(expected.shape):
         raise UserError(f"the program returns logits of shape {tuple(logits.shape)}, eager {tuple(expected.shape)}")
     float_reference = None
     if float_model is not None:
+        release_freed()
         with torch.no_grad():
-            float_reference = float_model.model(input_ids=ids, use_cache=True).logits
+            float_reference = _obtain(float_model).model(input_ids=ids, use_cache=True).logits
     return ValidationResult(
         **judge(logits, expected, kind, float_reference), seq_len=seq_len, runtime_ms=runtime_ms, eager_ms=eager_ms
     )
@@ -172,9 +189,10 @@ def kv_validation_length(max_seq_len: int, sliding_window: int, prompt_len: int,
     return max(1, min(max_seq_len - prompt_len, 2 * sliding_window + 4, limit or max_seq_len))
 
 
-def default_new_tokens(loaded: LoadedModel) -> int | None:
-    """The default cap on a KV validation's new tokens: :data:`AT_SIZE_NEW_TOKENS` at size, none below."""
-    return AT_SIZE_NEW_TOKENS if loaded.parameters > AT_SIZE_PARAMETERS else None
+def default_new_tokens(parameters: int) -> int | None:
+    """The default cap on the new tokens of a model of ``parameters``: :data:`AT_SIZE_NEW_TOKENS` at size,
+    none below."""
+    return AT_SIZE_NEW_TOKENS if parameters > AT_SIZE_PARAMETERS else None
 
 
 def _eager_greedy(model: Any, prompt: torch.Tensor, new_tokens: int) -> tuple[list[int], torch.Tensor]:
@@ -191,28 +209,34 @@ def _eager_greedy(model: Any, prompt: torch.Tensor, new_tokens: int) -> tuple[li
 
 def validate_kv(
     program: Any,
-    loaded: LoadedModel,
+    reference: ModelSource,
     kind: str = "float32",
     seed: int = 7,
-    float_model: LoadedModel | None = None,
+    float_model: ModelSource | None = None,
     max_new_tokens: int | None = None,
 ) -> KVValidationResult:
-    """Teacher-forced logits and free greedy tokens of a KV-cache ``program`` vs eager ``generate``
-    (:func:`kv_validation_length` new tokens, at most ``max_new_tokens``).
+    """Teacher-forced logits and free greedy tokens of a KV-cache ``program`` vs eager ``generate`` of
+    ``reference`` (:func:`kv_validation_length` new tokens, at most ``max_new_tokens``; by default at most
+    :func:`default_new_tokens`).
 
-    A quantized program's float comparison is teacher-forced on the float model's own greedy tokens.
+    A quantized program's float comparison is teacher-forced on the float model's own greedy tokens; the float
+    model is built once the reference built here is dropped.
     """
     import torch
 
+    from gemma3n_export_fixes.export.memory import release_freed
     from gemma3n_export_fixes.models.tiny import tiny_input_ids
     from gemma3n_export_fixes.runtime.decoding import runtime_decoder
 
+    loaded = _obtain(reference)
+    max_new_tokens = max_new_tokens or default_new_tokens(loaded.parameters)
     decoder = runtime_decoder(program)
     window = int(loaded.config.get("sliding_window") or 0)
     prompt_len = min(5, decoder.max_seq_len - 1)
     new_tokens = kv_validation_length(decoder.max_seq_len, window, prompt_len, max_new_tokens)
     prompt = tiny_input_ids(prompt_len, seed=seed, vocab_size=loaded.vocab_size)
     eager_tokens, expected = _eager_greedy(loaded.model, prompt, new_tokens)
+    del loaded
     ids = prompt[0].tolist()
     start = time.perf_counter()
     forced = torch.stack(decoder.teacher_forced(ids, eager_tokens))
@@ -220,7 +244,8 @@ def validate_kv(
     program_tokens = decoder.greedy(ids, new_tokens).tokens
     judged = judge(forced, expected, kind)
     if float_model is not None:
-        float_tokens, float_logits = _eager_greedy(float_model.model, prompt, new_tokens)
+        release_freed()
+        float_tokens, float_logits = _eager_greedy(_obtain(float_model).model, prompt, new_tokens)
         float_forced = torch.stack(decoder.teacher_forced(ids, float_tokens))
         _, judged["float_max_abs_diff"], judged["float_top1_agreement"] = diff_top1(float_forced, float_logits)
     divergence = next((i for i, (a, b) in enumerate(zip(eager_tokens, program_tokens, strict=False)) if a != b), None)
