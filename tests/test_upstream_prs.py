@@ -3,8 +3,11 @@ patched module passes the reproducer and the transformers-style test without thi
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from conftest import run_python
 from gemma3n_export_fixes.plugin.patches import REGISTRY
 from matrix.grid import ROOT, default_stack
 
@@ -84,3 +87,40 @@ def test_transformers_style_test_passes_patched_and_fails_upstream(newest, patch
     assert fixed.returncode == 0, fixed.stderr[-3000:]
     upstream = run_snippet(None, snippet)
     assert upstream.returncode == 1 and "FAILED" in upstream.stderr
+
+
+@pytest.mark.skipif(not (DRAFTS / "gaussian-topk").is_dir(), reason="no gaussian-topk draft (fixed upstream)")
+def test_gaussian_topk_draft_is_bit_identical_to_upstream_on_a_million_values_in_every_dtype(newest):
+    """``upstream_prs.numerics``: on 1,048,576 standard normal values at sparsity 0.95, no keep/drop decision differs
+    from upstream and the outputs are equal bit for bit, in float32, bfloat16 and float16 (the first draft, which
+    multiplied by an unrounded Python float, flipped 359 decisions in bfloat16 and 42 in float16)."""
+    proc = run_python(["-m", "upstream_prs.numerics"], env={"GEMMA3N_EXPORT_FIXES": "0"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    measured = report["sparsity_0.95"]["draft"]
+    assert set(measured) == {"float32", "bfloat16", "float16"}
+    for dtype, result in measured.items():
+        assert result == {"flips": 0, "elements": 1_048_576, "max_abs_diff": 0.0, "bit_identical": True}, dtype
+    assert report["sweep_not_bit_identical"]["draft"] == []
+    assert report["multiplier_vs_icdf_float32"].startswith("0 of 999 ")
+    assert report["init_on_meta_device_ok"] and report["init_under_bfloat16_default_dtype_ok"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DRAFTS / "gaussian-topk").is_dir(), reason="no gaussian-topk draft (fixed upstream)")
+def test_gaussian_topk_tester_change_lets_upstream_export_tests_see_the_bug(newest):
+    """The upstream ``Gemma3nTextModelTester`` config lowers today (no layer is sparse, ``_gaussian_topk`` never
+    runs); with the snippet's ``activation_sparsity_pattern`` it fails on ``aten.erfinv`` upstream, and lowers with
+    the draft applied."""
+    from upstream_prs.apply_check import run_tester, tester_sparsity
+
+    folder = DRAFTS / "gaussian-topk"
+    pattern = tester_sparsity(folder / "test_modeling_gemma3n_addition.py")
+    assert isinstance(pattern, list) and len(pattern) == 4 and pattern[0] > 0  # a list: the config rejects a tuple
+    today = run_tester(None, None)
+    assert today["sparse_layers"] == [] and today["to_edge"] == "ok"
+    upstream = run_tester(None, pattern)
+    assert upstream["hook_active"] is False and upstream["sparse_layers"] == [0]
+    assert "erfinv" in upstream["to_edge"] and upstream["to_edge"].startswith("SpecViolationError")
+    fixed = run_tester(folder / "0001-gemma3n-gaussian-topk.patch", pattern)
+    assert fixed["patched"] is True and fixed["hook_active"] is False and fixed["to_edge"] == "ok"

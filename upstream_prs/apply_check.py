@@ -7,6 +7,10 @@ The patched ``modeling_gemma3n.py`` is imported under its real module name (so i
 resolve to the installed transformers); then a sparse ``Gemma3nTextMLP`` from it is exported (non-strict
 and strict) and lowered with ``to_edge``, and compared with the installed (upstream) class in float32,
 bfloat16 and float16.
+
+``run_tester`` builds ``Gemma3nTextModel`` from the upstream ``Gemma3nTextModelTester``'s config, with or without
+the ``activation_sparsity_pattern`` the draft's test snippet gives the tester, and lowers it with ``to_edge``: what
+upstream's export tests see with and without the tester change.
 """
 
 from __future__ import annotations
@@ -104,6 +108,77 @@ assert snippet.Gemma3nTextMLP is patched.Gemma3nTextMLP
 result = unittest.TextTestRunner(verbosity=2).run(unittest.defaultTestLoader.loadTestsFromModule(snippet))
 sys.exit(0 if result.wasSuccessful() and result.testsRun else 1)
 """
+
+
+#: The upstream ``Gemma3nTextModelTester``'s config arguments (tests/models/gemma3n/test_modeling_gemma3n.py; what
+#: ``CausalLMModelTester.get_config`` passes), without ``activation_sparsity_pattern``, which the draft's tester
+#: change sets.
+TESTER_CONFIG = {
+    "vocab_size": 99, "vocab_size_per_layer_input": 99, "hidden_size": 16, "hidden_size_per_layer_input": 16,
+    "num_hidden_layers": 4, "num_kv_shared_layers": 2,
+    "layer_types": ["full_attention", "sliding_attention", "full_attention", "sliding_attention"],
+    "num_attention_heads": 2, "num_key_value_heads": 2, "altup_num_inputs": 2, "intermediate_size": 21,
+    "hidden_activation": "gelu_pytorch_tanh", "max_position_embeddings": 512, "initializer_range": 0.02,
+    "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "head_dim": 8,
+}  # fmt: skip
+
+TESTER_PROBE = r"""
+import importlib, importlib.util, json, sys, warnings
+warnings.simplefilter("ignore")
+import torch
+import transformers.models.gemma3n  # the package, not yet the modelling module
+if sys.argv[1] != "upstream":
+    spec = importlib.util.spec_from_file_location("transformers.models.gemma3n.modeling_gemma3n", sys.argv[1])
+    patched = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = patched
+    spec.loader.exec_module(patched)
+modeling_gemma3n = importlib.import_module("transformers.models.gemma3n.modeling_gemma3n")
+from transformers import Gemma3nTextConfig
+config = Gemma3nTextConfig(**json.loads(sys.argv[2]))
+out = {"hook_active": "gemma3n_export_fixes.plugin.engine" in sys.modules,
+       "patched": modeling_gemma3n.__file__ == sys.argv[1],
+       "sparse_layers": [i for i, s in enumerate(config.activation_sparsity_pattern) if s > 0]}
+torch.manual_seed(0)
+model = modeling_gemma3n.Gemma3nTextModel(config).eval()
+inputs = {"input_ids": torch.randint(3, 99, (2, 7)), "attention_mask": torch.ones(2, 7, dtype=torch.long),
+          "use_cache": False}
+try:
+    from executorch.exir import to_edge
+    with torch.no_grad():
+        to_edge(torch.export.export(model, (), inputs, strict=False))
+    out["to_edge"] = "ok"
+except Exception as exc:
+    out["to_edge"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+print(json.dumps(out))
+"""
+
+
+def tester_sparsity(snippet: Path) -> list[float]:
+    """The ``activation_sparsity_pattern`` the snippet's instructions give ``Gemma3nTextModelTester``."""
+    import ast
+    import re
+
+    (value,) = re.findall(r"^#\s+\+\s+activation_sparsity_pattern=(\[[^\]]*\])", snippet.read_text(), re.M)
+    return ast.literal_eval(value)
+
+
+def run_tester(patch_file: Path | None, activation_sparsity_pattern: list[float] | None) -> dict:
+    """``Gemma3nTextModel`` built from the upstream tester's config (with ``activation_sparsity_pattern`` when given),
+    exported non-strict and lowered with ``to_edge``, on the patched module (``None``: the upstream one), hook off."""
+    config = dict(TESTER_CONFIG)
+    if activation_sparsity_pattern is not None:
+        config["activation_sparsity_pattern"] = activation_sparsity_pattern
+    with tempfile.TemporaryDirectory() as tmp:
+        target = "upstream"
+        if patch_file is not None:
+            target = str(apply_to_copy(patch_file.resolve(), Path(tmp)) / "modeling_gemma3n.py")
+        env = {**os.environ, "GEMMA3N_EXPORT_FIXES": "0"}
+        env.pop("PYTHONPATH", None)
+        proc = subprocess.run([sys.executable, "-c", TESTER_PROBE, target, json.dumps(config)],
+                              capture_output=True, text=True, env=env, cwd=tmp)  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"the tester probe failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def load_draft(patch_file: Path) -> ModuleType:

@@ -15,8 +15,8 @@ GAUSSIAN_TOPK_INIT_ADDED = """\
         # std_multiplier is adapted from jax.scipy.stats.norm.ppf(): torch.distributions.normal.Normal(0, 1).icdf()
         # of the target sparsity, written out with the same float32 ops, so the value is bit-identical. It depends
         # only on the config, so it is computed once here, on the CPU (this also works on the meta device), instead
-        # of in every forward, where torch.distributions breaks Dynamo (torch.export strict, torch.compile
-        # fullgraph) and aten.erfinv, which is not in the core ATen opset, breaks lowering to ExecuTorch.
+        # of in every forward, where aten.erfinv (not in the core ATen opset) stops lowering to ExecuTorch and
+        # torch.distributions (on Dynamo's skip list) stops strict torch.export.
         #
         # References:
         #   *   https://docs.jax.dev/en/latest/_autosummary/jax.scipy.stats.norm.ppf.html
