@@ -94,7 +94,7 @@ def test_gaussian_topk_draft_is_bit_identical_to_upstream_on_a_million_values_in
     """``upstream_prs.numerics``: on 1,048,576 standard normal values at sparsity 0.95, no keep/drop decision differs
     from upstream and the outputs are equal bit for bit, in float32, bfloat16 and float16 (the first draft, which
     multiplied by an unrounded Python float, flipped 359 decisions in bfloat16 and 42 in float16)."""
-    proc = run_python(["-m", "upstream_prs.numerics"], env={"GEMMA3N_EXPORT_FIXES": "0"})
+    proc = run_python(["-m", "upstream_prs.numerics"], env={"GEMMA3N_EXPORT_FIXES": "0"}, cwd=DRAFTS.parent)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     measured = report["sparsity_0.95"]["draft"]
