@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gemma3n_export_fixes.export.quant import DYNAMIC_ACTIVATION_QUANTS
 from gemma3n_export_fixes.export.sizes import price
 
 if TYPE_CHECKING:
@@ -194,7 +195,7 @@ def validation_peaks(spec: str, options: ExportOptions, pte_bytes: int) -> tuple
     model = meta_model(spec)
     natural = price(model, natural_dtype(spec))["float_bytes"]
     head = model.lm_head.weight.numel() * 4
-    if options.quant in ("8da4w", "8da8w"):
+    if options.quant in DYNAMIC_ACTIVATION_QUANTS:
         reference = int(price(model, options.dtype, "none", options.quant_embeddings)["bytes"])
     else:
         reference = _eager_quantized_bytes(model, options) + head

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     import torch
 
 LINEAR_QUANTS = ("none", "int8", "8da4w", "8da8w")
+#: The linear schemes with int8 dynamic activations (torchao ``Int8DynamicActivationIntxWeightConfig``): their
+#: weights are quantized per row, so they are quantized in row chunks and a reference dequantizes them once.
+DYNAMIC_ACTIVATION_QUANTS = ("8da4w", "8da8w")
 EMBEDDING_QUANTS = ("none", "8w", "4w")
 #: Linears whose weight Gemma 3n's code reads directly (clamps): never quantized.
 ALTUP_COEFFICIENTS = ("altup.correction_coefs", "altup.prediction_coefs")
@@ -199,7 +202,7 @@ ROW_CHUNK = 32_768
 
 def is_row_chunked(linear: torch.nn.Module, scheme: str) -> bool:
     """Whether :func:`quantize_linears` quantizes ``linear`` in row chunks (so it is cast chunk by chunk too)."""
-    return scheme in ("8da4w", "8da8w") and linear.out_features > ROW_CHUNK
+    return scheme in DYNAMIC_ACTIVATION_QUANTS and linear.out_features > ROW_CHUNK
 
 
 def _quantize_row_chunks(linear: torch.nn.Module, scheme: str, dtype: torch.dtype) -> None:

@@ -107,12 +107,12 @@ def reference_model(spec: str, options: ExportOptions) -> LoadedModel:
     """The reference of a program exported with ``options``: the eager model in the program's dtype with the
     program's quantization applied unit by unit (as the export does), its 8da4w/8da8w linears then dequantized
     once (``export.quant.dequantize_linears``: the same numbers, without dequantizing every weight per call)."""
-    from gemma3n_export_fixes.export.quant import dequantize_linears, quantize
+    from gemma3n_export_fixes.export.quant import DYNAMIC_ACTIVATION_QUANTS, dequantize_linears, quantize
     from gemma3n_export_fixes.models.sources import load_model, torch_dtype
 
     reference = load_model(spec, lazy=True)
     quantize(reference.model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
-    if options.quant in ("8da4w", "8da8w"):
+    if options.quant in DYNAMIC_ACTIVATION_QUANTS:
         dequantize_linears(reference.model)
     return reference
 
@@ -216,8 +216,8 @@ def validate_kv(
     max_new_tokens: int | None = None,
 ) -> KVValidationResult:
     """Teacher-forced logits and free greedy tokens of a KV-cache ``program`` vs eager ``generate`` of
-    ``reference`` (:func:`kv_validation_length` new tokens, at most ``max_new_tokens``; by default at most
-    :func:`default_new_tokens`).
+    ``reference`` (:func:`kv_validation_length` new tokens, at most ``max_new_tokens`` when given: the CLI
+    passes :func:`default_new_tokens` of the model's size).
 
     A quantized program's float comparison is teacher-forced on the float model's own greedy tokens; the float
     model is built once the reference built here is dropped.
@@ -229,7 +229,6 @@ def validate_kv(
     from gemma3n_export_fixes.runtime.decoding import runtime_decoder
 
     loaded = _obtain(reference)
-    max_new_tokens = max_new_tokens or default_new_tokens(loaded.parameters)
     decoder = runtime_decoder(program)
     window = int(loaded.config.get("sliding_window") or 0)
     prompt_len = min(5, decoder.max_seq_len - 1)
