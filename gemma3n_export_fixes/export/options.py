@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gemma3n_export_fixes.errors import UserError
-from gemma3n_export_fixes.export.quant import EMBEDDING_QUANTS, LINEAR_QUANTS
+from gemma3n_export_fixes.export.quant import DYNAMIC_ACTIVATION_QUANTS, EMBEDDING_QUANTS, LINEAR_QUANTS
 from gemma3n_export_fixes.models.sources import DTYPES
 
 BACKENDS = ("xnnpack", "portable")
 QUANTS = LINEAR_QUANTS
-#: Linear schemes that only XNNPACK runs (dynamically quantized activations).
-XNNPACK_ONLY_QUANTS = ("8da4w", "8da8w")
 #: ``--qlinear`` values: optimum-executorch's names (``8w`` is our ``int8``; ``4w`` is refused, see ``from_cli``).
 CLI_LINEAR_QUANTS = ("none", "8da4w", "8da8w", "8w", "4w", "int8")
 
@@ -53,7 +51,7 @@ class ExportOptions:
                 "ConvertToLinearPass) or, lowered without our XNNPACK forms, builds a .pte that fails at execute "
                 "(an upstream ExecuTorch/torchao defect): use --recipe portable, or --qlinear 8da8w"
             )
-        if self.quant in XNNPACK_ONLY_QUANTS and self.backend != "xnnpack":
+        if self.quant in DYNAMIC_ACTIVATION_QUANTS and self.backend != "xnnpack":  # only XNNPACK runs them
             raise UserError(
                 f"--qlinear {self.quant} runs on XNNPACK's dynamically quantized kernels: use --recipe xnnpack (or "
                 "--qlinear none)"
