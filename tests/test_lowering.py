@@ -1,4 +1,4 @@
-"""The XNNPACK lowering: graph rewrites into forms XNNPACK delegates, and ExecuTorch validating once.
+"""The XNNPACK lowering: graph rewrites into forms XNNPACK delegates, and the shortcuts on ExecuTorch.
 
 Small modules made of exactly the ops Gemma 3n leaves outside the delegate, lowered for real with
 ``XnnpackPartitioner`` (forms on and off), run in the ExecuTorch runtime and compared with eager PyTorch.
@@ -7,13 +7,20 @@ The whole-model checks are the export tests: every XNNPACK program they validate
 
 from __future__ import annotations
 
+import operator
+from contextlib import nullcontext
+from typing import Any
+
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch", reason="executorch is not installed")
 
 from gemma3n_export_fixes.export.lowering import (  # noqa: E402
+    _legalize_in_place,
     delegate_count,
+    idle_passes_skipped,
+    legalized_in_place,
     lower_to_xnnpack,
     validate_once,
     validate_once_applies,
@@ -163,20 +170,21 @@ MODULES = {
 }
 
 
-def _program_bytes(module: torch.nn.Module, args: tuple[torch.Tensor, ...], skip: bool) -> bytes:
+def _program_bytes(module: torch.nn.Module, args: tuple[torch.Tensor, ...], shortcut: Any = None) -> bytes:
+    """The program ExecuTorch writes for ``module``, lowered to XNNPACK with ``shortcut`` (a context manager
+    yielding what it patched, checked by the caller) active, or without any."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from gemma3n_export_fixes.export.lowering import idle_passes_skipped
-
     exported = torch.export.export(module, args, strict=False)
-    if skip:
-        with idle_passes_skipped() as guarded:
-            assert guarded == 7, "ExecuTorch's XNNPACK passes changed: re-check idle_passes_skipped"
-            edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-    else:
+    with shortcut() if shortcut is not None else nullcontext() as patched:
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-    return edge.to_executorch().buffer
+    buffer = edge.to_executorch().buffer
+    if shortcut is idle_passes_skipped:
+        assert patched == 7, "ExecuTorch's XNNPACK passes changed: re-check idle_passes_skipped"
+    elif shortcut is not None:
+        assert patched, f"{shortcut.__name__} no longer applies: re-check it against ExecuTorch and torch"
+    return buffer
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -188,8 +196,8 @@ def test_skipping_idle_passes_writes_the_same_program(module):
     torch.manual_seed(0)
     model, args = MODULES[module]()
     model.eval()
-    upstream = _program_bytes(model, args, skip=False)
-    assert _program_bytes(model, args, skip=True) == upstream
+    upstream = _program_bytes(model, args)
+    assert _program_bytes(model, args, idle_passes_skipped) == upstream
     (got,) = Runtime.get().load_program(upstream).load_method("forward").execute(list(args))
     with torch.no_grad():
         assert torch.allclose(got, model(*args), atol=1e-4)
@@ -226,3 +234,68 @@ def test_idle_passes_skipped_restores_the_original_passes():
     with idle_passes_skipped():
         assert DecomposeBatchNorm.call is not original and "call" in vars(DimOrderOpsRevertPass)
     assert DecomposeBatchNorm.call is original and "call" not in vars(DimOrderOpsRevertPass)
+
+
+def _shuffled_graph() -> Any:
+    """A graph module whose nodes are out of topological order, the way ``create_submodule_from_nodes`` leaves
+    one (a node moved after its users), with assertion-like ops that ``legalize_graph`` puts first."""
+    graph = torch.fx.Graph()
+    x = graph.placeholder("x")
+    y = graph.placeholder("y")
+    a = graph.call_function(torch.ops.aten.add.Tensor, (x, y))
+    b = graph.call_function(torch.ops.aten.mul.Tensor, (a, x))
+    c = graph.call_function(torch.ops.aten.sub.Tensor, (a, b))
+    size = graph.call_function(torch.ops.aten.sym_size.int, (x, 0))
+    bigger = graph.call_function(operator.add, (size, 1))
+    d = graph.call_function(torch.ops.aten.add.Tensor, (c, bigger))
+    graph.output((d, b))
+    d.append(a)  # ``a`` after all its users: not a valid order any more
+    return torch.fx.GraphModule(torch.nn.Module(), graph)
+
+
+def _graph_facts(gm: Any) -> list[tuple[Any, ...]]:
+    return [(n.name, n.op, str(n.target), str(n.args), [u.name for u in n.users]) for n in gm.graph.nodes]
+
+
+def test_legalizing_in_place_gives_legalize_graphs_order_names_and_users():
+    """The node order, each node's users in order, the names later nodes get and the generated code are what
+    torch's ``legalize_graph`` (copying into a new graph) gives."""
+    from torch.fx.passes.tools_common import legalize_graph
+
+    copied, in_place = _shuffled_graph(), _shuffled_graph()
+    legalize_graph(copied)
+    graph = in_place.graph
+    assert _legalize_in_place(in_place) is in_place and in_place.graph is graph  # the same graph, reordered
+    in_place.recompile()
+    assert _graph_facts(in_place) == _graph_facts(copied)
+    assert [n.name for n in copied.graph.nodes][:4] == ["x", "y", "sym_size_int", "add"]  # operator.add put first
+    for gm in (copied, in_place):
+        with gm.graph.inserting_before(gm.graph.output_node()):
+            for _ in range(2):
+                gm.graph.call_function(torch.ops.aten.add.Tensor, (gm.graph.output_node().args[0][0], 1))
+                gm.graph.call_function(operator.getitem, (gm.graph.output_node().args[0][0], 0))
+    assert _graph_facts(in_place) == _graph_facts(copied)
+    assert in_place.graph.find_nodes(op="call_function", target=torch.ops.aten.add.Tensor, sort=False) == [
+        n for n in in_place.graph.nodes if n.target is torch.ops.aten.add.Tensor
+    ]
+    assert in_place.code == copied.code
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_legalizing_in_place_writes_the_same_program(module):
+    torch.manual_seed(0)
+    model, args = MODULES[module]()
+    model.eval()
+    assert _program_bytes(model, args, legalized_in_place) == _program_bytes(model, args)
+
+
+def test_legalized_in_place_restores_the_originals():
+    from executorch.exir import lowered_backend_module as lbm
+    from executorch.exir.backend import backend_api
+
+    originals = (lbm.legalize_graph, backend_api._create_partitions_in_graph_module)
+    with legalized_in_place() as patched:
+        assert patched, "torch's legalize_graph or ExecuTorch's partitioning changed: re-check legalized_in_place"
+        assert lbm.legalize_graph is _legalize_in_place
+        assert backend_api._create_partitions_in_graph_module is not originals[1]
+    assert (lbm.legalize_graph, backend_api._create_partitions_in_graph_module) == originals
