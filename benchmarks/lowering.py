@@ -3,8 +3,8 @@
     python benchmarks/lowering.py [--only fixed|kv] [--settings upstream,forms,forms+shortcuts] [--json FILE]
 
 For each program (fixed window float32; KV cache 128, 8da4w + 4w) and each setting (`upstream`: neither;
-`forms`: the graph rewrites, GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS; `forms+shortcuts`: and ExecuTorch validating
-once and skipping idle XNNPACK passes, GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS), one `export` (its own process,
+`forms`: the graph rewrites, GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS; `forms+shortcuts`: and the four shortcuts of
+`export/lowering.py`, GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS), one `export` (its own process,
 PYTHONHASHSEED=0 so that XNNPACK's lowering is byte-stable) and one `validate --json`: lowering seconds, XNNPACK
 partitions, CPU seconds of the export process, the `.pte`'s sha256 (the shortcuts must not change it),
 validation max abs diff and top-1. One run each on a 2-core machine: the ratios are the figures, not the
