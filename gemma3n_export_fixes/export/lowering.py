@@ -13,7 +13,7 @@ still reads the way they were written for, and the program comes out byte for by
   top-level graph with torch's ``legalize_graph``, which copies every node into a new graph and recompiles its
   Python code: work per partition proportional to the whole graph (on E4B, 93.5% of the lowering). The patch
   puts the nodes in the very order ``legalize_graph`` would, in place (same node names, users and lookup
-  order), and recompiles once, when the lowering is done. Upstream record:
+  order), and recompiles once, when ExecuTorch's partitioning function returns. Upstream record:
   ``upstream_prs/executorch/legalize-in-place.md``.
 - :func:`idle_passes_skipped`: seven of the 17 passes XNNPACK runs on every partition look for ops or op
   patterns Gemma 3n's decoder does not have (batch norm, PReLU, convolution, dim-order copies, the decomposed
