@@ -3,7 +3,7 @@
     python benchmarks/lowering.py [--only fixed|kv] [--settings upstream,forms,forms+shortcuts] [--json FILE]
 
 For each program (fixed window float32; KV cache 128, 8da4w + 4w) and each setting (`upstream`: neither;
-`forms`: the graph rewrites, GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS; `forms+shortcuts`: and the shortcuts of
+`forms`: the graph rewrites, GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS; `forms+shortcuts`: and the four shortcuts of
 `export/lowering.py`, GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS), one `export` (its own process,
 PYTHONHASHSEED=0 so that XNNPACK's lowering is byte-stable) and one `validate --json`: lowering seconds, XNNPACK
 partitions, CPU seconds of the export process, the `.pte`'s sha256 (the shortcuts must not change it),

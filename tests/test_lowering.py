@@ -22,6 +22,7 @@ from gemma3n_export_fixes.export.lowering import (  # noqa: E402
     idle_passes_skipped,
     legalized_in_place,
     lower_to_xnnpack,
+    merge_check_by_sets,
     validate_once,
     validate_once_applies,
 )
@@ -299,3 +300,44 @@ def test_legalized_in_place_restores_the_originals():
         assert lbm.legalize_graph is _legalize_in_place
         assert backend_api._create_partitions_in_graph_module is not originals[1]
     assert (lbm.legalize_graph, backend_api._create_partitions_in_graph_module) == originals
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_merge_check_by_sets_writes_the_same_program(module):
+    torch.manual_seed(0)
+    model, args = MODULES[module]()
+    model.eval()
+    assert _program_bytes(model, args, merge_check_by_sets) == _program_bytes(model, args)
+
+
+def test_merge_check_by_sets_answers_as_upstream_for_every_pair():
+    """Both checks on every pair of the group partitioner's initial partitions of a real graph (one that
+    splits: ``GemmaShapedOps`` without the rewrites), and the original restored afterwards."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.utils.configs import get_xnnpack_edge_compile_config
+    from executorch.exir import to_edge
+    from executorch.exir.backend.canonical_partitioners.group_partitioner import GroupBasedPartitioner
+
+    from gemma3n_export_fixes.export.lowering import _can_merge_partitions
+
+    model, args = MODULES["gemma-shaped"]()
+    edge = to_edge(torch.export.export(model.eval(), args), compile_config=get_xnnpack_edge_compile_config())
+    original = GroupBasedPartitioner._can_merge_partitions
+    seen: list[tuple[bool, bool]] = []
+
+    def both(self, p1, p2, partitions_by_id):  # type: ignore[no-untyped-def]
+        answer = original(self, p1, p2, partitions_by_id)
+        seen.append((answer, _can_merge_partitions(self, p1, p2, partitions_by_id)))
+        return answer
+
+    GroupBasedPartitioner._can_merge_partitions = both
+    try:
+        XnnpackPartitioner().partition(edge.exported_program())
+    finally:
+        GroupBasedPartitioner._can_merge_partitions = original
+    assert len(seen) > 3 and {a for a, _ in seen} == {True, False}, seen  # both answers occur
+    assert all(a == b for a, b in seen)
+    with merge_check_by_sets() as patched:
+        assert patched, "ExecuTorch's GroupBasedPartitioner changed: re-check merge_check_by_sets"
+        assert GroupBasedPartitioner._can_merge_partitions is _can_merge_partitions
+    assert GroupBasedPartitioner._can_merge_partitions is original

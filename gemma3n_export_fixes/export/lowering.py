@@ -1,4 +1,4 @@
-"""XNNPACK lowering for the export tool: the graph rewrites, then ExecuTorch's partitioner, with three shortcuts.
+"""XNNPACK lowering for the export tool: the graph rewrites, then ExecuTorch's partitioner, with four shortcuts.
 
 The shortcuts are reversible patches on ExecuTorch, active only while ``export`` lowers, only where its source
 still reads the way they were written for, and the program comes out byte for byte the same
@@ -15,6 +15,11 @@ still reads the way they were written for, and the program comes out byte for by
   puts the nodes in the very order ``legalize_graph`` would, in place (same node names, users and lookup
   order), and recompiles once, when ExecuTorch's partitioning function returns. Upstream record:
   ``upstream_prs/executorch/legalize-in-place.md``.
+- :func:`merge_check_by_sets`: XNNPACK's group partitioner tries to merge every pair of partitions, and for
+  each external user of a pair it scans that user's whole transitive downstream set in Python (``any(n in
+  combined for n in downstream)``); on E2B that scan was the lowering for minutes at a time. The patch asks the
+  same question with ``set.isdisjoint`` (which walks the smaller set): the same answer for every pair. Upstream
+  record: ``upstream_prs/executorch/merge-check-by-sets.md``.
 - :func:`idle_passes_skipped`: seven of the 17 passes XNNPACK runs on every partition look for ops or op
   patterns Gemma 3n's decoder does not have (batch norm, PReLU, convolution, dim-order copies, the decomposed
   SDPA and bilinear-upsample patterns) and then retrace the whole partition anyway. Upstream record:
@@ -99,28 +104,33 @@ def _legalize_order(graph: Any) -> list[Any]:
     return order
 
 
+#: ``legalize_graph``'s ``PRIORITIZED_OPS`` (a local of that function), as written in its source:
+#: :func:`_prioritized_ops` resolves these names and :func:`legalize_in_place_applies` checks that the source
+#: still lists exactly them, in this order.
+_PRIORITIZED_NAMES = (
+    "operator.add", "operator.mul", "operator.sub", "operator.floordiv", "operator.truediv", "operator.mod",
+    "operator.le", "operator.lt", "operator.ge", "operator.gt", "operator.eq", "operator.ne",
+    "torch.ops.aten.sym_constrain_range.default", "torch.ops.aten.sym_constrain_range_for_size.default",
+    "torch.ops.aten._assert_async.msg", "torch.ops.aten.scalar_tensor.default",
+    "torch.ops.aten._assert_scalar.default",
+)  # fmt: skip
+
+
 def _prioritized_ops() -> list[Any]:
-    """``legalize_graph``'s ``PRIORITIZED_OPS`` (a local of that function; :func:`legalize_in_place_applies`
-    checks that its source still lists exactly these)."""
+    """The objects :data:`_PRIORITIZED_NAMES` names, in its order."""
     import operator
 
     import torch
 
-    return [
-        operator.add, operator.mul, operator.sub, operator.floordiv, operator.truediv, operator.mod,
-        operator.le, operator.lt, operator.ge, operator.gt, operator.eq, operator.ne,
-        torch.ops.aten.sym_constrain_range.default, torch.ops.aten.sym_constrain_range_for_size.default,
-        torch.ops.aten._assert_async.msg, torch.ops.aten.scalar_tensor.default,
-        torch.ops.aten._assert_scalar.default,
-    ]  # fmt: skip
-
-
-_PRIORITIZED_SOURCE = (
-    "operator.add, operator.mul, operator.sub, operator.floordiv, operator.truediv, operator.mod, operator.le, "
-    "operator.lt, operator.ge, operator.gt, operator.eq, operator.ne, torch.ops.aten.sym_constrain_range.default, "
-    "torch.ops.aten.sym_constrain_range_for_size.default, torch.ops.aten._assert_async.msg, "
-    "torch.ops.aten.scalar_tensor.default, torch.ops.aten._assert_scalar.default,"
-)
+    roots = {"operator": operator, "torch": torch}
+    ops = []
+    for name in _PRIORITIZED_NAMES:
+        root, *attrs = name.split(".")
+        obj = roots[root]
+        for attr in attrs:
+            obj = getattr(obj, attr)
+        ops.append(obj)
+    return ops
 
 
 def legalize_in_place_applies() -> bool:
@@ -137,7 +147,7 @@ def legalize_in_place_applies() -> bool:
         return False
     body = " ".join(inspect.getsource(tools_common.legalize_graph).split())
     needed = (
-        _PRIORITIZED_SOURCE,
+        ", ".join(_PRIORITIZED_NAMES) + ",",
         "indeg = dict.fromkeys(gm.graph.nodes, 0) new_graph = torch.fx.Graph()",
         "for node in gm.graph.nodes: for user in node.users: indeg[user] += 1",
         "env[cur] = new_graph.node_copy(cur, lambda x: env[x]) for user in cur.users: indeg[user] -= 1",
@@ -212,6 +222,66 @@ def legalized_in_place() -> Iterator[bool]:
         lbm.legalize_graph = original
         for name, function in originals.items():
             setattr(backend_api, name, function)
+
+
+_MERGE_CHECK_SOURCE = (
+    "p1_nodes = set(partitions_by_id[p1].nodes.keys())",
+    "p2_nodes = set(partitions_by_id[p2].nodes.keys())",
+    "combined_nodes = p1_nodes.union(p2_nodes)",
+    "for node in combined_nodes: for user in node.users: if user not in combined_nodes: user_nodes.append(user)",
+    "for external_node in user_nodes: # Check if any external downstream nodes have downstream nodes in the "
+    "combined partition downstream_nodes = self.dependency_viewer.downstreams_of(external_node) "
+    "if any(n in combined_nodes for n in downstream_nodes): return False",
+    "if not validate_partition(list(combined_nodes)): return False return True",
+)
+
+
+def merge_check_by_sets_applies() -> bool:
+    """True when ExecuTorch's ``GroupBasedPartitioner._can_merge_partitions`` still reads the way
+    :func:`_can_merge_partitions` reproduces it, over a dependency viewer that keeps sets."""
+    try:
+        from executorch.exir.backend.canonical_partitioners import group_partitioner
+    except ImportError:
+        return False
+    cls = getattr(group_partitioner, "GroupBasedPartitioner", None)
+    viewer = getattr(group_partitioner, "_DependencyViewer", None)
+    if cls is None or viewer is None or "_can_merge_partitions" not in vars(cls):
+        return False
+    body = " ".join(inspect.getsource(cls._can_merge_partitions).split())
+    return all(" ".join(text.split()) in body for text in _MERGE_CHECK_SOURCE) and (
+        "self.downstreams = collections.defaultdict(set)" in inspect.getsource(viewer.__init__)
+    )
+
+
+def _can_merge_partitions(self: Any, p1: Any, p2: Any, partitions_by_id: Any) -> bool:
+    """``GroupBasedPartitioner._can_merge_partitions`` with the downstream scan as ``set.isdisjoint``: no
+    external user of the merged pair may lead back into it, and the pair must pass ``validate_partition``."""
+    from torch.fx.passes.utils.fuser_utils import validate_partition
+
+    combined_nodes = set(partitions_by_id[p1].nodes.keys()).union(set(partitions_by_id[p2].nodes.keys()))
+    downstreams_of = self.dependency_viewer.downstreams_of
+    for node in combined_nodes:
+        for user in node.users:
+            if user not in combined_nodes and not downstreams_of(user).isdisjoint(combined_nodes):
+                return False
+    return bool(validate_partition(list(combined_nodes)))
+
+
+@contextmanager
+def merge_check_by_sets() -> Iterator[bool]:
+    """While active, ``GroupBasedPartitioner._can_merge_partitions`` is :func:`_can_merge_partitions`; yields
+    whether it patched."""
+    if not merge_check_by_sets_applies():
+        yield False
+        return
+    from executorch.exir.backend.canonical_partitioners.group_partitioner import GroupBasedPartitioner
+
+    original = vars(GroupBasedPartitioner)["_can_merge_partitions"]
+    GroupBasedPartitioner._can_merge_partitions = _can_merge_partitions
+    try:
+        yield True
+    finally:
+        GroupBasedPartitioner._can_merge_partitions = original
 
 
 HasWork = Callable[[frozenset[Any]], bool]
@@ -356,6 +426,7 @@ def lower_to_xnnpack(
         validated_once = stack.enter_context(validate_once()) if shortcuts else False
         guarded = stack.enter_context(idle_passes_skipped()) if shortcuts else 0
         in_place = stack.enter_context(legalized_in_place()) if shortcuts else False
+        by_sets = stack.enter_context(merge_check_by_sets()) if shortcuts else False
         edge = to_edge_transform_and_lower(
             exported,
             transform_passes=[XnnpackForms()] if forms else None,
@@ -367,5 +438,6 @@ def lower_to_xnnpack(
         "validate_once": validated_once,
         "idle_passes_skipped": guarded,
         "legalized_in_place": in_place,
+        "merge_check_by_sets": by_sets,
     }
     return edge, {**done, "partitions": delegate_count(edge)}
