@@ -39,6 +39,38 @@ def test_the_key_is_the_graph_and_its_weights_not_the_trace(gemma3n_module):
     assert program_key(_exported(), {**lowering, "forms": False}, {}) != key  # without the XNNPACK form rewrites
 
 
+_STRICT_KEY = """
+import torch
+from gemma3n_export_fixes.export.lowered_cache import program_key
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.where(x > 0, self.proj(x), x)
+
+torch.manual_seed(0)
+model = torch.nn.Sequential(Block(), Block())
+length = torch.export.Dim("length", max=16)
+exported = torch.export.export(model, (torch.ones(1, 3, 4),), dynamic_shapes=({1: length},), strict=True)
+print(program_key(exported, {"options": {}}, {}))
+"""
+
+
+def test_the_key_of_a_strict_export_is_the_same_in_another_process():
+    """Strict export (the KV-cache recipe's) keys ``nn_module_stack`` by the ``id()`` of each module and puts
+    built-in functions' reprs (an address) in ``source_fn_stack``: the key must see neither, or no matrix cell
+    ever finds the KV programs an earlier cell lowered."""
+    keys = []
+    for _ in range(2):
+        result = run_python(["-c", _STRICT_KEY])
+        assert result.returncode == 0, result.stderr[-2000:]
+        keys.append(result.stdout.split()[-1])
+    assert keys[0] == keys[1]
+
+
 @pytest.mark.slow
 def test_a_cache_hit_writes_the_lowered_program_and_is_validated_anew(tmp_path):
     """Portable fixed window (its lowering is byte-deterministic): the second export is a hit, writes the same

@@ -73,6 +73,18 @@ def _target(target: Any) -> str:
     return f"{module}.{name}" if module and name else str(target)
 
 
+def _meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The node metadata the key sees, without what differs from one process to the next: strict export keys
+    ``nn_module_stack`` by each module's ``id()`` (so only its (path, type) values count), and
+    ``source_fn_stack`` holds the functions themselves (by name here: a built-in's repr is an address)."""
+    out = {k: meta[k] for k in _META_KEYS if meta.get(k) is not None}
+    if isinstance(out.get("nn_module_stack"), dict):
+        out["nn_module_stack"] = list(out["nn_module_stack"].values())
+    if isinstance(out.get("source_fn_stack"), list):
+        out["source_fn_stack"] = [(name, _target(fn)) for name, fn in out["source_fn_stack"]]
+    return out
+
+
 def _graphs_text(exported: Any) -> str:
     import torch
 
@@ -82,7 +94,7 @@ def _graphs_text(exported: Any) -> str:
             continue
         lines.append(f"graph {path}")
         for node in module.graph.nodes:
-            meta = {k: node.meta.get(k) for k in _META_KEYS if node.meta.get(k) is not None}
+            meta = _meta(node.meta)
             value = _value(node.meta.get("val"))
             lines.append(f"{node.op} {node.name} {_target(node.target)} {node.args} {node.kwargs} {value} {meta}")
     return "\n".join(lines)
