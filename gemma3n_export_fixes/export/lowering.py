@@ -416,13 +416,16 @@ def lower_to_xnnpack(
     exported: Any, constant_methods: dict[str, Any] | None = None, forms: bool = True, shortcuts: bool = True
 ) -> tuple[Any, dict[str, Any]]:
     """``to_edge_transform_and_lower`` with ``XnnpackPartitioner`` after :class:`XnnpackForms` (``forms``),
-    validated once; returns the edge program manager and what the lowering did (for the export record)."""
+    validated once, with the fixes of :mod:`~gemma3n_export_fixes.export.executorch_backports` the installed
+    ExecuTorch lacks; returns the edge program manager and what the lowering did (for the export record)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from gemma3n_export_fixes.export.executorch_backports import preserved_ops_in_config
     from gemma3n_export_fixes.export.xnnpack_forms import XnnpackForms
 
     with ExitStack() as stack:
+        backported = stack.enter_context(preserved_ops_in_config())
         validated_once = stack.enter_context(validate_once()) if shortcuts else False
         guarded = stack.enter_context(idle_passes_skipped()) if shortcuts else 0
         in_place = stack.enter_context(legalized_in_place()) if shortcuts else False
@@ -439,5 +442,6 @@ def lower_to_xnnpack(
         "idle_passes_skipped": guarded,
         "legalized_in_place": in_place,
         "merge_check_by_sets": by_sets,
+        "backports": ["executorch#17404"] if backported else [],
     }
     return edge, {**done, "partitions": delegate_count(edge)}

@@ -100,9 +100,13 @@ def set_threads(threads: int | None) -> int:
 
     wanted = threads or auto_threads()
     with runtime_errors("cannot size the ExecuTorch thread pool"):
-        if portable_lib._threadpool_get_thread_count() != wanted:
+        count = getattr(portable_lib, "_threadpool_get_thread_count", None)  # not in ExecuTorch 1.0.x
+        if count is None:
             portable_lib._unsafe_reset_threadpool(wanted)
-        return int(portable_lib._threadpool_get_thread_count())
+            return wanted
+        if count() != wanted:
+            portable_lib._unsafe_reset_threadpool(wanted)
+        return int(count())
 
 
 def load_forward(program: Any, path: Path) -> Any:
