@@ -191,3 +191,14 @@ else:
     lowering = "FAILS at lowering: Exception(\"An error occurred when running the 'ConvertToLinearPass' pass"
     execute = "FAILS at execute: the ExecuTorch runtime failed to run the program"
     assert lowering in result.stdout or execute in result.stdout, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("scheme", ["8w", "4w", "none"])
+def test_the_runtime_has_the_quantized_embedding_kernels(scheme):
+    """After ``load_quantized_kernels``, ExecuTorch's Python runtime has the kernels quantized embeddings call
+    (``load_program`` refuses a program in one line where it has not: the runtime imported after the kernels
+    on ExecuTorch 1.0.1, the matrix's seed row)."""
+    pytest.importorskip("executorch", reason="executorch is not installed")
+    from gemma3n_export_fixes.runtime.loading import missing_embedding_kernel
+
+    assert missing_embedding_kernel(scheme) is None

@@ -31,19 +31,42 @@ def check_pte_header(path: Path) -> None:
             raise UserError(f"{path}: truncated ExecuTorch program ({size} bytes, header says more)")
 
 
-def _calls_llm_custom_ops(path: Path, limit: int = 64 << 20) -> bool:
-    """Whether the program's operator table names ExecuTorch's LLM custom ops (``llama::...``).
-
-    The table lives in the flatbuffer, which the extended header sizes (delegate and constant segments follow
-    it); without that header the first ``limit`` bytes are searched.
-    """
+def _operator_table(path: Path, limit: int = 64 << 20) -> bytes:
+    """The bytes that hold the program's operator table: the flatbuffer, which the extended header sizes
+    (delegate and constant segments follow it); without that header the first ``limit`` bytes."""
     import struct
 
     with path.open("rb") as f:
         head = f.read(32)
         size = struct.unpack_from("<Q", head, 16)[0] if head[8:12] == b"eh00" else limit
         f.seek(0)
-        return b"llama::" in f.read(min(size, limit))
+        return f.read(min(size, limit))
+
+
+#: The kernel a program's quantized embeddings call, per ``--qembedding`` scheme.
+EMBEDDING_KERNELS = {"4w": "quantized_decomposed::embedding_4bit", "8w": "quantized_decomposed::embedding_byte"}
+
+
+def missing_embedding_kernel(scheme: str) -> str | None:
+    """Why this process's ExecuTorch runtime cannot run a program whose embeddings are quantized with
+    ``scheme`` (its kernel is not there even with the quantized kernels loaded: ExecuTorch 1.0.1's Python
+    runtime), or ``None`` when it can (or ``scheme`` needs no kernel)."""
+    kernel = EMBEDDING_KERNELS.get(scheme)
+    if kernel is None:
+        return None
+    from gemma3n_export_fixes.export.quant import load_quantized_kernels
+    from gemma3n_export_fixes.versions import distribution_version
+
+    load_quantized_kernels()
+    from executorch.extension.pybindings import portable_lib
+
+    if any(name.split(".")[0] == kernel for name in portable_lib._get_operator_names()):
+        return None
+    return (
+        f"this ExecuTorch runtime (executorch {distribution_version('executorch')}) has no {kernel} kernel, which "
+        f"--qembedding {scheme} programs call (the matrix's executorch 1.4.1 and 1.5.1 rows have it): run it in a "
+        "runner linked with quantized_ops_lib, or export with --qembedding none"
+    )
 
 
 @contextmanager
@@ -66,8 +89,13 @@ def load_program(path: Path) -> Any:
     from gemma3n_export_fixes.export.quant import load_quantized_kernels
 
     load_quantized_kernels()  # quantized embeddings; a device runner links them the same way
-    if _calls_llm_custom_ops(path):  # optimum-cli's --use_custom_sdpa programs: llama::custom_sdpa
+    table = _operator_table(path)
+    if b"llama::" in table:  # optimum-cli's --use_custom_sdpa programs: llama::custom_sdpa
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (2.6 s: only when needed)
+    for scheme, kernel in EMBEDDING_KERNELS.items():
+        reason = missing_embedding_kernel(scheme) if kernel.encode() in table else None
+        if reason:
+            raise UserError(f"{path}: {reason}")
     from executorch.runtime import Runtime
 
     with runtime_errors(f"{path}: not a loadable ExecuTorch program"):
