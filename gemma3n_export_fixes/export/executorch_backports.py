@@ -1,13 +1,14 @@
 """Fixes from newer ExecuTorch releases, applied to older ones while ``export`` lowers (reversible, source-checked).
 
-- :func:`preserved_ops_in_config`: pytorch/executorch#17404 (in 1.4.0 and later). ``to_edge_transform_and_lower``
-  keeps the ops a partitioner asks for (``ops_to_not_decompose``: XNNPACK keeps ``aten.linear``) and hands them to
-  ``EdgeProgramManager`` as ``core_aten_ops_exception_list``, which verifies with them once and forgets them; the
-  verifier that ``transform()`` runs after ``transform_passes`` then rejects every kept op ("Operator
-  aten.linear.default is not in Core ATen opset"). On ExecuTorch 1.0.1 (the seed's stack) every XNNPACK export
-  with :class:`~gemma3n_export_fixes.export.xnnpack_forms.XnnpackForms` failed that way. The backport does what
-  #17404 does: those ops join the compile config's ``_core_aten_ops_exception_list``, which only the verifiers
-  read. Evidence: the matrix's seed row (``matrix/results/seed-*.json``).
+- :func:`preserved_ops_in_config`: pytorch/executorch#17404 (1.4.1 and 1.5.1 have it; 1.0.1 does not).
+  ``to_edge_transform_and_lower`` keeps the ops a partitioner asks for (``ops_to_not_decompose``: XNNPACK
+  keeps ``aten.linear``) and hands them to ``EdgeProgramManager`` as ``core_aten_ops_exception_list``, which
+  verifies with them once and forgets them; the verifier that ``transform()`` runs after ``transform_passes``
+  then rejects every kept op ("Operator aten.linear.default is not in Core ATen opset"). On ExecuTorch 1.0.1
+  (the seed's stack) every XNNPACK export with :class:`~gemma3n_export_fixes.export.xnnpack_forms.XnnpackForms`
+  failed that way. The backport does what #17404 does: those ops join the compile config's
+  ``_core_aten_ops_exception_list``, which only the verifiers read. Evidence: the matrix's seed row
+  (``matrix/results/seed-*.json``); record: ``upstream_prs/executorch/preserved-ops-in-config.md``.
 """
 
 from __future__ import annotations
