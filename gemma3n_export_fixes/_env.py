@@ -7,9 +7,10 @@
   ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``; an explicit ``apply(["gaussian-topk"])`` still applies one.
 - ``GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS=0``: ``export --recipe xnnpack`` lowers the graph as ``torch.export`` left
   it, without the XNNPACK-friendly rewrites of ``export/xnnpack_forms.py`` (for comparison, or if one misbehaves).
-- ``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS=0``: ExecuTorch's lowering runs without the two shortcuts of
-  ``export/lowering.py`` (validating the program once, not after every copied constant; skipping XNNPACK passes
-  that have nothing to rewrite in a partition). Both leave the program byte for byte the same.
+- ``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS=0``: ``export`` runs torch's strict trace and ExecuTorch's lowering
+  without the shortcuts of ``export/strict_export.py`` (the weights not cloned while Dynamo traces) and
+  ``export/lowering.py`` (validating once, skipping idle XNNPACK passes, legalizing in place, the merge check by
+  sets). Each leaves the program the same.
 """
 
 from __future__ import annotations

@@ -310,34 +310,58 @@ def test_merge_check_by_sets_writes_the_same_program(module):
     assert _program_bytes(model, args, merge_check_by_sets) == _program_bytes(model, args)
 
 
-def test_merge_check_by_sets_answers_as_upstream_for_every_pair():
-    """Both checks on every pair of the group partitioner's initial partitions of a real graph (one that
-    splits: ``GemmaShapedOps`` without the rewrites), and the original restored afterwards."""
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+def _gemma_shaped_edge() -> object:
+    """The edge program of a graph that splits (``GemmaShapedOps`` without the rewrites)."""
     from executorch.backends.xnnpack.utils.configs import get_xnnpack_edge_compile_config
     from executorch.exir import to_edge
-    from executorch.exir.backend.canonical_partitioners.group_partitioner import GroupBasedPartitioner
-
-    from gemma3n_export_fixes.export.lowering import _can_merge_partitions
 
     model, args = MODULES["gemma-shaped"]()
-    edge = to_edge(torch.export.export(model.eval(), args), compile_config=get_xnnpack_edge_compile_config())
-    original = GroupBasedPartitioner._can_merge_partitions
+    return to_edge(torch.export.export(model.eval(), args), compile_config=get_xnnpack_edge_compile_config())
+
+
+def test_merge_check_by_sets_answers_as_upstream_for_every_pair():
+    """Both checks on every pair of the group partitioner's initial partitions of a real graph: the patched one
+    over the bitsets, ExecuTorch's own over its sets; and the originals restored afterwards."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir.backend.canonical_partitioners import group_partitioner
+
+    from gemma3n_export_fixes.export.lowering import _BitsetDependencyViewer, _can_merge_partitions
+
+    cls = group_partitioner.GroupBasedPartitioner
+    original, sets_viewer = cls._can_merge_partitions, group_partitioner._DependencyViewer
+    edge = _gemma_shaped_edge()
     seen: list[tuple[bool, bool]] = []
 
     def both(self, p1, p2, partitions_by_id):  # type: ignore[no-untyped-def]
-        answer = original(self, p1, p2, partitions_by_id)
-        seen.append((answer, _can_merge_partitions(self, p1, p2, partitions_by_id)))
-        return answer
+        bits = self.dependency_viewer
+        assert isinstance(bits, _BitsetDependencyViewer)
+        self.dependency_viewer = sets_viewer(self.graph_module)
+        upstream = original(self, p1, p2, partitions_by_id)
+        self.dependency_viewer = bits
+        seen.append((upstream, _can_merge_partitions(self, p1, p2, partitions_by_id)))
+        return upstream
 
-    GroupBasedPartitioner._can_merge_partitions = both
-    try:
-        XnnpackPartitioner().partition(edge.exported_program())
-    finally:
-        GroupBasedPartitioner._can_merge_partitions = original
-    assert len(seen) > 3 and {a for a, _ in seen} == {True, False}, seen  # both answers occur
-    assert all(a == b for a, b in seen)
     with merge_check_by_sets() as patched:
         assert patched, "ExecuTorch's GroupBasedPartitioner changed: re-check merge_check_by_sets"
-        assert GroupBasedPartitioner._can_merge_partitions is _can_merge_partitions
-    assert GroupBasedPartitioner._can_merge_partitions is original
+        assert cls._can_merge_partitions is _can_merge_partitions
+        assert group_partitioner._DependencyViewer is _BitsetDependencyViewer
+        cls._can_merge_partitions = both
+        XnnpackPartitioner().partition(edge.exported_program())
+    assert len(seen) > 3 and {a for a, _ in seen} == {True, False}, seen  # both answers occur
+    assert all(a == b for a, b in seen)
+    assert (cls._can_merge_partitions, group_partitioner._DependencyViewer) == (original, sets_viewer)
+
+
+def test_the_bitset_viewer_holds_upstream_s_relation():
+    """Every node's downstream and upstream nodes, from the bitsets, are ExecuTorch's sets."""
+    from executorch.exir.backend.canonical_partitioners.group_partitioner import _DependencyViewer
+
+    from gemma3n_export_fixes.export.lowering import _BitsetDependencyViewer
+
+    module = _gemma_shaped_edge().exported_program().graph_module
+    sets, bits = _DependencyViewer(module), _BitsetDependencyViewer(module)
+    nodes = list(module.graph.nodes)
+    assert sum(len(sets.downstreams_of(n)) for n in nodes) > len(nodes)  # a relation with something in it
+    for node in nodes:
+        assert bits.downstreams_of(node) == sets.downstreams_of(node), node
+        assert bits.upstreams_of(node) == sets.upstreams_of(node), node

@@ -18,7 +18,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -110,6 +110,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
 
     from gemma3n_export_fixes._env import lowering_shortcuts_enabled, xnnpack_forms_enabled
     from gemma3n_export_fixes.export import lowered_cache
+    from gemma3n_export_fixes.export.strict_export import weights_not_cloned
 
     timer = StageTimer(progress)
     model = loaded.model
@@ -121,8 +122,12 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
         release_freed()
     methods: dict[str, Any] = {}
     lowering: dict[str, Any] = {}
+    shortcuts = lowering_shortcuts_enabled()
+    shared = False  # whether the strict trace shared the weights instead of cloning them (the record says)
     if options.kv_cache:
-        with timer.stage("export", f"torch.export(strict=True), static KV cache of {options.max_seq_len}"):
+        what = f"torch.export(strict=True), static KV cache of {options.max_seq_len}"
+        trace = weights_not_cloned(model) if shortcuts else nullcontext(False)
+        with timer.stage("export", what), trace as shared:
             exported = export_recipe(model, options.max_seq_len)
         methods = kvcache.constant_methods(loaded.config, options.max_seq_len)
     else:
@@ -130,7 +135,6 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
         with timer.stage("export", "torch.export(strict=False)"):
             exported = torch.export.export(TextOnlyLogits.wrap(model), example, strict=False)
     forms = xnnpack_forms_enabled() if options.backend == "xnnpack" else None  # None: the portable path
-    shortcuts = lowering_shortcuts_enabled()
     lowering_flags = {"options": options.describe(), "forms": forms, "shortcuts": shortcuts}
     key = lowered_cache.program_key(exported, lowering_flags, methods) if lowered_cache.cache_dir() else None
     hit = lowered_cache.lookup(key) if key else None
@@ -176,6 +180,7 @@ def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress:
             "pte": {"path": str(out.resolve()), "bytes": size, "sha256": sha256},
             "seconds": timer.seconds,
             "lowering": lowering,
+            "trace": {"weights_not_cloned": shared},
             "peak_rss_mb": peak_rss_mb(),
             "peak_rss_mb_after": timer.peak_rss_mb,
             "memory": plan(loaded.source, options).to_dict(),
