@@ -12,21 +12,30 @@ from gemma3n_export_fixes.errors import UserError, message_line, require
 from gemma3n_export_fixes.export.kvcache import KV_MARKER_METHOD
 
 
+def _extended_header(head: bytes) -> tuple[int, int, int] | None:
+    """Program size, segment base offset and segment size from the extended header ``eh00`` at byte 8 of a
+    program's first 32 bytes (``None`` without one)."""
+    import struct
+
+    if head[8:12] != b"eh00" or len(head) < 32:
+        return None
+    return struct.unpack_from("<QQQ", head, 16)
+
+
 def check_pte_header(path: Path) -> None:
     """Refuse files the runtime would choke on (a corrupt buffer can abort the whole process).
 
     An ExecuTorch program is a flatbuffer with file identifier ``ET`` + 2 digits at byte 4; when the
     extended header ``eh00`` follows, its program size and segment offsets must fit inside the file.
     """
-    import struct
-
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(40)
     if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
         raise UserError(f"{path}: not an ExecuTorch program (no ET flatbuffer identifier)")
-    if head[8:12] == b"eh00" and len(head) >= 32:
-        program_size, segment_base, segment_size = struct.unpack_from("<QQQ", head, 16)
+    extended = _extended_header(head)
+    if extended is not None:
+        program_size, segment_base, segment_size = extended
         if program_size > size or segment_base + segment_size > size:
             raise UserError(f"{path}: truncated ExecuTorch program ({size} bytes, header says more)")
 
@@ -34,34 +43,36 @@ def check_pte_header(path: Path) -> None:
 def _operator_table(path: Path, limit: int = 64 << 20) -> bytes:
     """The bytes that hold the program's operator table: the flatbuffer, which the extended header sizes
     (delegate and constant segments follow it); without that header the first ``limit`` bytes."""
-    import struct
-
     with path.open("rb") as f:
-        head = f.read(32)
-        size = struct.unpack_from("<Q", head, 16)[0] if head[8:12] == b"eh00" else limit
+        extended = _extended_header(f.read(32))
         f.seek(0)
-        return f.read(min(size, limit))
+        return f.read(min(extended[0] if extended else limit, limit))
 
 
 #: The kernel a program's quantized embeddings call, per ``--qembedding`` scheme.
 EMBEDDING_KERNELS = {"4w": "quantized_decomposed::embedding_4bit", "8w": "quantized_decomposed::embedding_byte"}
 
 
-def missing_embedding_kernel(scheme: str) -> str | None:
-    """Why this process's ExecuTorch runtime cannot run a program whose embeddings are quantized with
-    ``scheme`` (its kernel is not there even with the quantized kernels loaded: ExecuTorch 1.0.1's Python
-    runtime), or ``None`` when it can (or ``scheme`` needs no kernel)."""
-    kernel = EMBEDDING_KERNELS.get(scheme)
-    if kernel is None:
-        return None
+def _runtime_operators() -> frozenset[str]:
+    """The operators this process's ExecuTorch runtime has, with the quantized kernels loaded (no overloads)."""
     from gemma3n_export_fixes.export.quant import load_quantized_kernels
-    from gemma3n_export_fixes.versions import distribution_version
 
     load_quantized_kernels()
     from executorch.extension.pybindings import portable_lib
 
-    if any(name.split(".")[0] == kernel for name in portable_lib._get_operator_names()):
+    return frozenset(name.split(".")[0] for name in portable_lib._get_operator_names())
+
+
+def missing_embedding_kernel(scheme: str, operators: frozenset[str] | None = None) -> str | None:
+    """Why this process's ExecuTorch runtime cannot run a program whose embeddings are quantized with
+    ``scheme`` (its kernel is not there even with the quantized kernels loaded: ExecuTorch 1.0.1's Python
+    runtime), or ``None`` when it can (or ``scheme`` needs no kernel). ``operators``: the runtime's, when the
+    caller has them (:func:`_runtime_operators`)."""
+    kernel = EMBEDDING_KERNELS.get(scheme)
+    if kernel is None or kernel in (operators if operators is not None else _runtime_operators()):
         return None
+    from gemma3n_export_fixes.versions import distribution_version
+
     return (
         f"this ExecuTorch runtime (executorch {distribution_version('executorch')}) has no {kernel} kernel, which "
         f"--qembedding {scheme} programs call (the matrix's executorch 1.4.1 and 1.5.1 rows have it): run it in a "
@@ -86,14 +97,12 @@ def load_program(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     check_pte_header(path)
-    from gemma3n_export_fixes.export.quant import load_quantized_kernels
-
-    load_quantized_kernels()  # quantized embeddings; a device runner links them the same way
+    operators = _runtime_operators()  # loads the quantized kernels: a device runner links them the same way
     table = _operator_table(path)
     if b"llama::" in table:  # optimum-cli's --use_custom_sdpa programs: llama::custom_sdpa
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (2.6 s: only when needed)
     for scheme, kernel in EMBEDDING_KERNELS.items():
-        reason = missing_embedding_kernel(scheme) if kernel.encode() in table else None
+        reason = missing_embedding_kernel(scheme, operators) if kernel.encode() in table else None
         if reason:
             raise UserError(f"{path}: {reason}")
     from executorch.runtime import Runtime
@@ -129,12 +138,9 @@ def set_threads(threads: int | None) -> int:
     wanted = threads or auto_threads()
     with runtime_errors("cannot size the ExecuTorch thread pool"):
         count = getattr(portable_lib, "_threadpool_get_thread_count", None)  # not in ExecuTorch 1.0.x
-        if count is None:
+        if count is None or count() != wanted:
             portable_lib._unsafe_reset_threadpool(wanted)
-            return wanted
-        if count() != wanted:
-            portable_lib._unsafe_reset_threadpool(wanted)
-        return int(count())
+        return wanted if count is None else int(count())
 
 
 def load_forward(program: Any, path: Path) -> Any:
