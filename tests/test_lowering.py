@@ -18,6 +18,8 @@ pytest.importorskip("executorch", reason="executorch is not installed")
 
 from gemma3n_export_fixes.export.lowering import (  # noqa: E402
     _legalize_in_place,
+    constants_shared_in_preprocess,
+    constants_shared_in_preprocess_applies,
     delegate_count,
     idle_passes_skipped,
     legalized_in_place,
@@ -365,3 +367,31 @@ def test_the_bitset_viewer_holds_upstream_s_relation():
     for node in nodes:
         assert bits.downstreams_of(node) == sets.downstreams_of(node), node
         assert bits.upstreams_of(node) == sets.upstreams_of(node), node
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_constants_shared_in_preprocess_writes_the_same_program(module):
+    torch.manual_seed(0)
+    model, args = MODULES[module]()
+    model.eval()
+    if not constants_shared_in_preprocess_applies():
+        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+    assert _program_bytes(model, args, constants_shared_in_preprocess) == _program_bytes(model, args)
+
+
+def test_the_preprocess_copy_shares_the_weights_and_only_while_patched():
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    if not constants_shared_in_preprocess_applies():
+        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+    program = _gemma_shaped_edge().exported_program()
+    weights = [name for name, t in program.state_dict.items() if t.numel() > 1]
+    assert weights
+    copied = XnnpackBackend.copy_exported_program_for_preprocess(program, [])
+    assert all(copied.state_dict[n] is not program.state_dict[n] for n in weights)  # upstream: a copy of each
+    with constants_shared_in_preprocess() as patched:
+        assert patched
+        shared = XnnpackBackend.copy_exported_program_for_preprocess(program, [])
+    assert all(shared.state_dict[n] is program.state_dict[n] for n in weights)
+    assert shared.graph_module is not program.graph_module and shared.state_dict is not program.state_dict
+    assert "copy_exported_program_for_preprocess" not in vars(XnnpackBackend)  # restored: inherited again

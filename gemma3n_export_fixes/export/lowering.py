@@ -1,4 +1,4 @@
-"""XNNPACK lowering for the export tool: the graph rewrites, then ExecuTorch's partitioner, with four shortcuts.
+"""XNNPACK lowering for the export tool: the graph rewrites, then ExecuTorch's partitioner, with five shortcuts.
 
 The shortcuts are reversible patches on ExecuTorch, active only while ``export`` lowers, only where its source
 still reads the way they were written for, and the program comes out byte for byte the same
@@ -17,13 +17,16 @@ still reads the way they were written for, and the program comes out byte for by
   ``upstream_prs/executorch/legalize-in-place.md``.
 - :func:`merge_check_by_sets`: XNNPACK's group partitioner tries to merge every pair of partitions, and for
   each external user of a pair it scans that user's whole transitive downstream set in Python (``any(n in
-  combined for n in downstream)``); on E2B that scan was the lowering for minutes at a time. The patch asks the
-  same question with ``set.isdisjoint`` (which walks the smaller set): the same answer for every pair. Upstream
-  record: ``upstream_prs/executorch/merge-check-by-sets.md``.
+  combined for n in downstream)``); on E2B that scan was the lowering for minutes at a time. And it keeps every
+  node's transitive downstream and upstream nodes as sets (N^2 entries: 3.5 GB on E2B). The patch keeps them as
+  bits (one Python int a node) and asks the same question with one ``&``: the same answer for every pair.
+  Upstream record: ``upstream_prs/executorch/merge-check-by-sets.md``.
 - :func:`idle_passes_skipped`: seven of the 17 passes XNNPACK runs on every partition look for ops or op
   patterns Gemma 3n's decoder does not have (batch norm, PReLU, convolution, dim-order copies, the decomposed
   SDPA and bilinear-upsample patterns) and then retrace the whole partition anyway. Upstream record:
   ``upstream_prs/executorch/idle-passes.md``.
+- :func:`constants_shared_in_preprocess`: ExecuTorch 1.5.1 deep-copies every partition's program, weights
+  included, before XNNPACK preprocesses the first; the copies share the weights instead (memory, not time).
 """
 
 from __future__ import annotations
@@ -468,6 +471,59 @@ def idle_passes_skipped() -> Iterator[int]:
                 cls.call = original
 
 
+_COPY_SOURCE = "return copy.deepcopy(edge_program)"
+
+
+def constants_shared_in_preprocess_applies() -> bool:
+    """True where ExecuTorch copies every partition's program for preprocessing through
+    ``BackendDetails.copy_exported_program_for_preprocess`` (1.5.1) with a plain deep copy that XNNPACK does not
+    override (1.4.1 and older deep-copy inline: not patched)."""
+    try:
+        from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+        from executorch.exir.backend.backend_details import BackendDetails
+    except ImportError:
+        return False
+    copier = vars(BackendDetails).get("copy_exported_program_for_preprocess")
+    return (
+        copier is not None
+        and "copy_exported_program_for_preprocess" not in vars(XnnpackBackend)
+        and _COPY_SOURCE in inspect.getsource(copier.__func__)
+    )
+
+
+def _copy_sharing_constants(cls: type, edge_program: Any, compile_specs: Any) -> Any:
+    """The program's deep copy, with its parameters, buffers and constants shared instead of copied (preprocess
+    reads them and writes its own: the serialized weights)."""
+    import copy
+
+    import torch
+
+    tensors = [*edge_program.state_dict.values(), *edge_program.constants.values()]
+    return copy.deepcopy(edge_program, {id(t): t for t in tensors if isinstance(t, torch.Tensor)})
+
+
+@contextmanager
+def constants_shared_in_preprocess() -> Iterator[bool]:
+    """While active, XNNPACK's copy of each partition for preprocessing shares the partition's weights
+    (:func:`_copy_sharing_constants`); yields whether it patched.
+
+    ExecuTorch 1.5.1 copies every partition's program before it preprocesses the first
+    (``lower_all_submodules_to_backend``), so for the whole preprocessing the process holds every delegated weight
+    twice: on E2B's KV program 8da4w + 4w, 6.2 -> 8.9 GB at its start, 10.8 GB (the export's peak) at its end
+    (2026-12-06, 1 s RSS samples, py-spy dumps). Upstream record:
+    ``upstream_prs/executorch/constants-shared-in-preprocess.md``."""
+    if not constants_shared_in_preprocess_applies():
+        yield False
+        return
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(_copy_sharing_constants)
+    try:
+        yield True
+    finally:
+        del XnnpackBackend.copy_exported_program_for_preprocess
+
+
 def delegate_count(edge: Any) -> int:
     """How many XNNPACK partitions the lowered program holds, over all its methods."""
     from executorch.exir.delegate import executorch_call_delegate
@@ -498,6 +554,7 @@ def lower_to_xnnpack(
         guarded = stack.enter_context(idle_passes_skipped()) if shortcuts else 0
         in_place = stack.enter_context(legalized_in_place()) if shortcuts else False
         by_sets = stack.enter_context(merge_check_by_sets()) if shortcuts else False
+        shared = stack.enter_context(constants_shared_in_preprocess()) if shortcuts else False
         edge = to_edge_transform_and_lower(
             exported,
             transform_passes=[XnnpackForms()] if forms else None,
@@ -510,6 +567,7 @@ def lower_to_xnnpack(
         "idle_passes_skipped": guarded,
         "legalized_in_place": in_place,
         "merge_check_by_sets": by_sets,
+        "constants_shared_in_preprocess": shared,
         "backports": ["executorch#17404"] if backported else [],
     }
     return edge, {**done, "partitions": delegate_count(edge)}
