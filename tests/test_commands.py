@@ -290,6 +290,18 @@ def test_validate_truncated_file(portable_pte, tmp_path):
     one_line_error(run_python([*CLI, "validate", str(truncated), "--model", "tiny"]), "truncated")
 
 
+def test_the_operator_table_is_the_flatbuffer_the_extended_header_sizes(portable_pte):
+    """What ``load_program`` reads for the kernels a program calls: the flatbuffer, sized by the ``eh00`` header."""
+    from gemma3n_export_fixes.runtime.loading import _extended_header, _operator_table
+
+    _, out = portable_pte
+    extended = _extended_header(out.read_bytes()[:40])
+    assert extended is not None and 0 < extended[0] < out.stat().st_size
+    table = _operator_table(out)
+    assert len(table) == extended[0] and b"aten::" in table
+    assert _extended_header(out.read_bytes()[:39]) is None  # too short to hold the header
+
+
 def test_a_checkpoint_with_the_older_releases_name_for_the_per_layer_projection_loads_its_weight(
     tiny_checkpoint, tmp_path
 ):

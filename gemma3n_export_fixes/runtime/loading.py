@@ -14,10 +14,10 @@ from gemma3n_export_fixes.export.kvcache import KV_MARKER_METHOD
 
 def _extended_header(head: bytes) -> tuple[int, int, int] | None:
     """Program size, segment base offset and segment size from the extended header ``eh00`` at byte 8 of a
-    program's first 32 bytes (``None`` without one)."""
+    program's first 40 bytes (``None`` without one)."""
     import struct
 
-    if head[8:12] != b"eh00" or len(head) < 32:
+    if head[8:12] != b"eh00" or len(head) < 40:
         return None
     return struct.unpack_from("<QQQ", head, 16)
 
@@ -44,7 +44,7 @@ def _operator_table(path: Path, limit: int = 64 << 20) -> bytes:
     """The bytes that hold the program's operator table: the flatbuffer, which the extended header sizes
     (delegate and constant segments follow it); without that header the first ``limit`` bytes."""
     with path.open("rb") as f:
-        extended = _extended_header(f.read(32))
+        extended = _extended_header(f.read(40))
         f.seek(0)
         return f.read(min(extended[0] if extended else limit, limit))
 
