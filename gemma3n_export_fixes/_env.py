@@ -9,8 +9,8 @@
   it, without the XNNPACK-friendly rewrites of ``export/xnnpack_forms.py`` (for comparison, or if one misbehaves).
 - ``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS=0``: ``export`` runs torch's strict trace and ExecuTorch's lowering
   without the shortcuts of ``export/strict_export.py`` (the weights not cloned while Dynamo traces) and
-  ``export/lowering.py`` (validating once, skipping idle XNNPACK passes, legalizing in place, the merge check by
-  sets). Each leaves the program the same.
+  ``export/lowering.py`` (validating once, skipping idle XNNPACK passes, legalizing in place, the merge check and
+  dependency relation as bitsets, the preprocess copies sharing the weights). Each leaves the program the same.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The tiny model, quantized the way ``export`` does (8da4w linears are torchao tensor subclasses, 4w tables are
 buffers), exported through the KV-cache recipe with and without the patch: the same program, and Dynamo clones
-none of the model's weights with it (it clones every one without). The memory it saves at size is a benchmark
+none of the model's weights with it (at least half of them without). The memory it saves at size is a benchmark
 figure (``benchmarks/real_size.py``), not asserted here.
 """
 
@@ -71,11 +71,7 @@ def test_the_trace_is_the_same_without_the_weight_clones(gemma3n_module, monkeyp
     assert shared.state_dict.keys() == plain.state_dict.keys()
     for name, tensor in plain.state_dict.items():
         assert _same(shared.state_dict[name], tensor), name
-    inputs = {"input_ids": torch.arange(2).unsqueeze(0) + 3, "cache_position": torch.arange(2)}
-    by_name = bool(plain.call_spec.in_spec.children_specs[1].context)  # 4.53 - 4.55 export positionally
+    from gemma3n_export_fixes.models.recipe import recipe_runner
 
-    def run(program: object) -> torch.Tensor:
-        module = program.module()  # type: ignore[attr-defined]
-        return module(**inputs) if by_name else module(*inputs.values())
-
-    assert torch.equal(run(shared), run(plain))
+    ids, positions = torch.arange(2).unsqueeze(0) + 3, torch.arange(2)
+    assert torch.equal(recipe_runner(shared)(ids, positions), recipe_runner(plain)(ids, positions))

@@ -509,8 +509,8 @@ def constants_shared_in_preprocess() -> Iterator[bool]:
 
     ExecuTorch 1.5.1 copies every partition's program before it preprocesses the first
     (``lower_all_submodules_to_backend``), so for the whole preprocessing the process holds every delegated weight
-    twice: on E2B's KV program 8da4w + 4w, 6.2 -> 8.9 GB at its start, 10.8 GB (the export's peak) at its end
-    (2026-12-06, 1 s RSS samples, py-spy dumps). Upstream record:
+    twice: on E2B's KV program 8da4w + 4w, 6.2 -> 8.9 GB at its start, 10.8 GB at its end (1 s RSS samples; 11.1 GB
+    max RSS, the export's peak; 2026-12-06, py-spy dumps). Upstream record:
     ``upstream_prs/executorch/constants-shared-in-preprocess.md``."""
     if not constants_shared_in_preprocess_applies():
         yield False

@@ -51,12 +51,14 @@ def memory_shortcuts_apply(options: ExportOptions) -> bool:
     with (XNNPACK, shortcuts on, an ExecuTorch and torch whose code they were written for)."""
     from gemma3n_export_fixes._env import lowering_shortcuts_enabled
     from gemma3n_export_fixes.export.lowering import constants_shared_in_preprocess_applies, merge_check_by_sets_applies
+    from gemma3n_export_fixes.export.strict_export import weights_not_cloned_applies
 
     return (
         options.backend == "xnnpack"
         and lowering_shortcuts_enabled()
         and merge_check_by_sets_applies()
         and constants_shared_in_preprocess_applies()
+        and (not options.kv_cache or weights_not_cloned_applies())  # only the KV program is traced strictly
     )
 
 

@@ -7,6 +7,7 @@ reproducers), so both exercise exactly the same recipe call. Imports torch and t
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -41,6 +42,18 @@ def export_recipe(model: torch.nn.Module, max_cache_len: int) -> Any:
     )
 
 
+def recipe_runner(exported: Any) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(input_ids, cache_position) -> logits`` of a program :func:`export_recipe` returns, run as a module (4.53 -
+    4.55 export the two inputs positionally, later releases by name)."""
+    module = exported.module()
+    by_name = bool(exported.call_spec.in_spec.children_specs[1].context)
+
+    def run(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return module(input_ids=ids, cache_position=positions) if by_name else module(ids, positions)
+
+    return run
+
+
 def decode_error_past_the_window(exported: Any, model: torch.nn.Module, prompt: int, steps: int) -> float:
     """Max abs logit difference between an exported recipe program and eager ``model`` over ``prompt`` + ``steps``.
 
@@ -51,12 +64,7 @@ def decode_error_past_the_window(exported: Any, model: torch.nn.Module, prompt: 
     """
     import torch
 
-    module = exported.module()
-    by_name = bool(exported.call_spec.in_spec.children_specs[1].context)  # 4.53 - 4.55 export positionally
-
-    def run(ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        return module(input_ids=ids, cache_position=positions) if by_name else module(ids, positions)
-
+    run = recipe_runner(exported)
     vocab = int(model.config.vocab_size)
     ids = torch.arange(prompt + steps, dtype=torch.long).remainder(vocab - 3).add(3).unsqueeze(0)
     with torch.no_grad():
