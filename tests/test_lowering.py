@@ -333,14 +333,26 @@ def test_merge_check_by_sets_answers_as_upstream_for_every_pair():
     original, sets_viewer = cls._can_merge_partitions, group_partitioner._DependencyViewer
     edge = _gemma_shaped_edge()
     seen: list[tuple[bool, bool]] = []
+    pre_checks: list[bool] = []
 
     def both(self, p1, p2, partitions_by_id):  # type: ignore[no-untyped-def]
         bits = self.dependency_viewer
         assert isinstance(bits, _BitsetDependencyViewer)
-        self.dependency_viewer = sets_viewer(self.graph_module)
+        sets = sets_viewer(self.graph_module)
+        self.dependency_viewer = sets
         upstream = original(self, p1, p2, partitions_by_id)
         self.dependency_viewer = bits
         seen.append((upstream, _can_merge_partitions(self, p1, p2, partitions_by_id)))
+        # the pre-checks themselves (validate_partition, the final check of both, would hide a missed overlap)
+        first, second = partitions_by_id[p1], partitions_by_id[p2]
+        for partition in (first, second):
+            assert bits._members(bits.mask(partition)) == set(partition.nodes)
+        combined = set(first.nodes) | set(second.nodes)
+        pair = bits.mask(first) | bits.mask(second)
+        for user in {u for n in combined for u in n.users if u not in combined}:
+            overlap = any(n in combined for n in sets.downstreams_of(user))
+            assert bool(bits.downstream_bits(user) & pair) == overlap, user
+            pre_checks.append(overlap)
         return upstream
 
     with merge_check_by_sets() as patched:
@@ -351,6 +363,7 @@ def test_merge_check_by_sets_answers_as_upstream_for_every_pair():
         XnnpackPartitioner().partition(edge.exported_program())
     assert len(seen) > 3 and {a for a, _ in seen} == {True, False}, seen  # both answers occur
     assert all(a == b for a, b in seen)
+    assert set(pre_checks) == {True, False}  # users that lead back into the pair, and users that do not
     assert (cls._can_merge_partitions, group_partitioner._DependencyViewer) == (original, sets_viewer)
 
 
@@ -377,6 +390,32 @@ def test_constants_shared_in_preprocess_writes_the_same_program(module):
     if not constants_shared_in_preprocess_applies():
         pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
     assert _program_bytes(model, args, constants_shared_in_preprocess) == _program_bytes(model, args)
+
+
+@pytest.mark.parametrize("module", ["conv-norm", "gemma-shaped"])  # the graphs with weights
+def test_the_shared_weights_are_unchanged_by_lowering(module, monkeypatch):
+    """Sharing is safe only if XNNPACK's preprocess never writes the tensors it now shares: every tensor a
+    partition's copy shared keeps its values and its version counter through a real lowering."""
+    from gemma3n_export_fixes.export import lowering
+
+    if not constants_shared_in_preprocess_applies():
+        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+    shared: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    copy = lowering._copy_sharing_constants
+
+    def noted(cls, edge_program, compile_specs):  # type: ignore[no-untyped-def]  # the real copy, after a note
+        for t in (*edge_program.state_dict.values(), *edge_program.constants.values()):
+            if isinstance(t, torch.Tensor):
+                shared.append((t, t.detach().clone(), t._version))
+        return copy(cls, edge_program, compile_specs)
+
+    monkeypatch.setattr(lowering, "_copy_sharing_constants", noted)
+    torch.manual_seed(0)
+    model, args = MODULES[module]()
+    _program_bytes(model.eval(), args, constants_shared_in_preprocess)
+    assert shared, "no partition's copy shared a tensor"
+    for tensor, before, version in shared:
+        assert tensor._version == version and torch.equal(tensor, before)
 
 
 def test_the_preprocess_copy_shares_the_weights_and_only_while_patched():

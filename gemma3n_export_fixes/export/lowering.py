@@ -269,8 +269,8 @@ class _BitsetDependencyViewer:
     """``group_partitioner._DependencyViewer`` with each node's transitive downstream and upstream nodes as the
     bits of one Python int (bit ``i``: the graph's ``i``-th node) instead of a set of nodes: the same relation in
     N bits a node instead of up to N set entries. On E2B's KV program the sets took 3.5 GB for the 20 s the
-    partitioner held them (12.9 GB, the export's peak, 2026-12-06); ``downstreams_of`` and ``upstreams_of``
-    still answer with sets, for any other caller."""
+    partitioner held them (E2B 8da8w + 8w, 2026-12-06: 12.9 GB, the lowering's peak; that export peaked at
+    13.9 GB, in Dynamo); ``downstreams_of`` and ``upstreams_of`` still answer with sets, for any other caller."""
 
     def __init__(self, graph_module: Any) -> None:
         self._nodes = list(graph_module.graph.nodes)

@@ -10,7 +10,8 @@ machine (the figures in the README; ``nox -s real_size`` re-measures them):
   worst); a real shape, built unit by unit (``models.lazy``), the quantized model plus the largest unit in flight;
 - lowering: the eager quantized model stays resident (torchao keeps int4 weights unpacked, one byte each, and
   the exported program shares them), while XNNPACK packs them into its delegate payloads and the program and
-  the payloads exist side by side until the file is written. E2B 8da4w + 4w, KV 256, 2026-12-06: 9.22 GB
+  the payloads exist side by side until the file is written (measured on the KV program; the plan applies it
+  to fixed-window programs too). E2B 8da4w + 4w, KV 256, 2026-12-06: 9.22 GB
   measured (in ``to_executorch``), predicted 1.0 + 4.02 (eager quantized) + 1.45 x 2.96 (stored) = 9.3 GB (the
   plan says 10.1 GB: the build's upper bound above, 8.0 GB measured, is now the larger term). That
   factor holds with the memory shortcuts (``strict_export.weights_not_cloned``, and in ``export.lowering`` the
