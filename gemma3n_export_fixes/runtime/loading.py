@@ -14,26 +14,39 @@ from gemma3n_export_fixes.export.kvcache import KV_MARKER_METHOD
 
 def _extended_header(head: bytes) -> tuple[int, int, int] | None:
     """Program size, segment base offset and segment size from the extended header ``eh00`` at byte 8 of a
-    program's first 40 bytes (``None`` without one)."""
+    program's first 40 bytes; ``None`` without one, ``ValueError`` when it is cut short or malformed.
+
+    Its length field (bytes 12-16) says which form it is: 24 bytes (no segment size, older ExecuTorch: 0, as
+    ExecuTorch's ``_ExtendedHeader.from_bytes`` reads it) or 32 (with it)."""
     import struct
 
-    if head[8:12] != b"eh00" or len(head) < 40:
+    if head[8:12] != b"eh00":
         return None
-    return struct.unpack_from("<QQQ", head, 16)
+    length = int.from_bytes(head[12:16], "little") if len(head) >= 16 else 0
+    fields = 3 if length > 24 else 2
+    if len(head) < 16 + 8 * fields:
+        raise ValueError(f"truncated ExecuTorch program ({len(head)} bytes: the extended header needs more)")
+    if length < 24:
+        raise ValueError(f"malformed ExecuTorch extended header (length {length}, at least 24)")
+    return (*struct.unpack_from(f"<{fields}Q", head, 16), 0)[:3]
 
 
 def check_pte_header(path: Path) -> None:
     """Refuse files the runtime would choke on (a corrupt buffer can abort the whole process).
 
     An ExecuTorch program is a flatbuffer with file identifier ``ET`` + 2 digits at byte 4; when the
-    extended header ``eh00`` follows, its program size and segment offsets must fit inside the file.
+    extended header ``eh00`` follows, it must be whole, and its program size and segment offsets must fit inside
+    the file.
     """
     size = path.stat().st_size
     with path.open("rb") as f:
         head = f.read(40)
     if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
         raise UserError(f"{path}: not an ExecuTorch program (no ET flatbuffer identifier)")
-    extended = _extended_header(head)
+    try:
+        extended = _extended_header(head)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     if extended is not None:
         program_size, segment_base, segment_size = extended
         if program_size > size or segment_base + segment_size > size:
