@@ -86,6 +86,8 @@ def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None 
     """
     started = time.perf_counter()
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    # the sources the venv is about to install: a change while the cell runs leaves the result *older package*
+    inputs = inputs_hash(row)
     cli = _create_venv(row, venv, log)
     installed = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,7 +117,7 @@ def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None 
     record["cell"] = {
         "id": row["id"],
         "row": row,
-        "inputs_hash": inputs_hash(row),
+        "inputs_hash": inputs,
         "ran_at": when,
         "install_seconds": round(installed - started, 1),
         "check_seconds": round(time.perf_counter() - installed, 1),
