@@ -382,13 +382,18 @@ def test_the_bitset_viewer_holds_upstream_s_relation():
         assert bits.upstreams_of(node) == sets.upstreams_of(node), node
 
 
+def _require_preprocess_copy() -> None:
+    """Skip where ExecuTorch has no preprocess-copy hook for ``constants_shared_in_preprocess`` to patch."""
+    if not constants_shared_in_preprocess_applies():
+        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_constants_shared_in_preprocess_writes_the_same_program(module):
     torch.manual_seed(0)
     model, args = MODULES[module]()
     model.eval()
-    if not constants_shared_in_preprocess_applies():
-        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+    _require_preprocess_copy()
     assert _program_bytes(model, args, constants_shared_in_preprocess) == _program_bytes(model, args)
 
 
@@ -398,8 +403,7 @@ def test_the_shared_weights_are_unchanged_by_lowering(module, monkeypatch):
     partition's copy shared keeps its values and its version counter through a real lowering."""
     from gemma3n_export_fixes.export import lowering
 
-    if not constants_shared_in_preprocess_applies():
-        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+    _require_preprocess_copy()
     shared: list[tuple[torch.Tensor, torch.Tensor, int]] = []
     copy = lowering._copy_sharing_constants
 
@@ -421,8 +425,7 @@ def test_the_shared_weights_are_unchanged_by_lowering(module, monkeypatch):
 def test_the_preprocess_copy_shares_the_weights_and_only_while_patched():
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    if not constants_shared_in_preprocess_applies():
-        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+    _require_preprocess_copy()
     program = _gemma_shaped_edge().exported_program()
     weights = [name for name, t in program.state_dict.items() if t.numel() > 1]
     assert weights
