@@ -140,6 +140,12 @@ def matrix_report(session: nox.Session) -> None:
         session.log(f"wrote {path.relative_to(ROOT)}")
 
 
+@nox.session(venv_backend="none")
+def results(session: nox.Session) -> None:
+    """docs/RESULTS.md from benchmarks/results/*.json (generated, never hand-written; stdlib only)."""
+    session.run(sys.executable, str(ROOT / "benchmarks" / "report.py"))
+
+
 @nox.session(python=DEFAULT["python"])
 @nox.parametrize("stack", ["optimum-pin", "default"])
 def optimum_cli(session: nox.Session, stack: str) -> None:
