@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gemma3n_export_fixes.pte import sidecar_path
+
 CLI = [sys.executable, "-m", "gemma3n_export_fixes.cli"]
 PROGRAMS = {
     "fixed": ["--fixed-window", "--qlinear", "none", "--qembedding", "none"],
@@ -42,7 +44,7 @@ def one(name: str, setting: str, workdir: Path) -> dict[str, object]:
     args = [*CLI, "export", "--model", "tiny", "--recipe", "xnnpack", *PROGRAMS[name], "--out", str(pte)]
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    record = json.loads(pte.with_suffix(".json").read_text())
+    record = json.loads(sidecar_path(pte).read_text())
     checked = subprocess.run([*CLI, "validate", str(pte), "--json"], env=env, stdout=subprocess.PIPE, text=True)
     result = json.loads(checked.stdout) if checked.stdout.strip() else {}
     return {

@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gemma3n_export_fixes.pte import sidecar_path
+
 #: name -> export arguments
 OPTIONS: dict[str, list[str]] = {
     "fixed portable f32": ["--backend", "portable"],
@@ -44,7 +46,7 @@ def run(name: str, args: list[str], workdir: Path) -> dict[str, object]:
                           text=True, cwd=tempfile.gettempdir())  # fmt: skip
     if done.returncode != 0:
         return {"name": name, "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
-    record = json.loads(out.with_suffix(".json").read_text())
+    record = json.loads(sidecar_path(out).read_text())
     checked = subprocess.run([*CLI, "validate", str(out), "--json"], capture_output=True, text=True,
                              cwd=tempfile.gettempdir())  # fmt: skip
     validation = json.loads(checked.stdout) if checked.stdout.strip().startswith("{") else {"error": checked.stderr}

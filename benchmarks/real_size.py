@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from gemma3n_export_fixes.pte import sidecar_path
+
 CLI = [sys.executable, "-m", "gemma3n_export_fixes.cli"]
 
 
@@ -77,7 +79,7 @@ def main() -> None:
         wall, peak = float("nan"), float("nan")
     else:
         _, wall, peak = run([*CLI, *export_args])
-    record = json.loads(pte.with_suffix(".json").read_text())
+    record = json.loads(sidecar_path(pte).read_text())
     figures["export"] = {"wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2), "stages_s": record["seconds"],
                          "recorded_peak_rss_mb": record.get("peak_rss_mb"), "lowering": record.get("lowering"),
                          "pte_bytes": record["pte"]["bytes"], "predicted": record.get("memory")}  # fmt: skip

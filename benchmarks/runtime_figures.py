@@ -80,13 +80,14 @@ def main() -> None:
     figures: dict[str, object] = {"pte": str(args.pte), "model": args.model}
     with console(False, Path.home() / ".cache" / "gemma3n-export-fixes" / "runtime_figures.log"):
         gx.apply()
-        import executorch.kernels.quantized  # noqa: F401  (the 4w embedding kernels)
         from executorch.runtime import Runtime
 
         from gemma3n_export_fixes.export.sizes import weight_bytes
+        from gemma3n_export_fixes.pte import load_quantized_kernels, sidecar_path
         from gemma3n_export_fixes.runtime.decoding import runtime_decoder
 
-        record = json.loads(args.pte.with_suffix(".json").read_text())
+        load_quantized_kernels()  # the 4w embedding kernels
+        record = json.loads(sidecar_path(args.pte).read_text())
         options = record["options"]
         base = rss_gb()
         start = time.perf_counter()

@@ -292,30 +292,30 @@ def test_validate_truncated_file(portable_pte, tmp_path):
 
 def test_the_operator_table_is_the_flatbuffer_the_extended_header_sizes(portable_pte):
     """What ``load_program`` reads for the kernels a program calls: the flatbuffer, sized by the ``eh00`` header."""
-    from gemma3n_export_fixes.runtime.loading import _extended_header, _operator_table
+    from gemma3n_export_fixes.pte import extended_header, operator_table
 
     _, out = portable_pte
-    extended = _extended_header(out.read_bytes()[:40])
+    extended = extended_header(out.read_bytes()[:40])
     assert extended is not None and 0 < extended[0] < out.stat().st_size
-    table = _operator_table(out)
+    table = operator_table(out)
     assert len(table) == extended[0] and b"aten::" in table
     with pytest.raises(ValueError, match="truncated"):
-        _extended_header(out.read_bytes()[:39])  # ends inside the header
+        extended_header(out.read_bytes()[:39])  # ends inside the header
 
 
 def test_the_extended_header_is_read_by_its_length(tmp_path):
     """The 24-byte form (no segment size: 0) leaves the flatbuffer bytes after it alone; a file that ends inside the
     header, or whose header is malformed, is refused in one line before the runtime sees it."""
     from gemma3n_export_fixes.errors import UserError
-    from gemma3n_export_fixes.runtime.loading import _extended_header, check_pte_header
+    from gemma3n_export_fixes.pte import check_pte_header, extended_header
 
     def head(length: int, *fields: int) -> bytes:
         return b"\x1c\0\0\0ET12eh00" + length.to_bytes(4, "little") + b"".join(f.to_bytes(8, "little") for f in fields)
 
     flatbuffer = (1 << 62).to_bytes(8, "little")  # bytes 32-40 of a 24-byte-header program: not a segment size
-    assert _extended_header(head(24, 100, 64) + flatbuffer) == (100, 64, 0)
-    assert _extended_header(head(32, 100, 64, 36)) == (100, 64, 36)
-    assert _extended_header(b"\x1c\0\0\0ET12" + bytes(32)) is None
+    assert extended_header(head(24, 100, 64) + flatbuffer) == (100, 64, 0)
+    assert extended_header(head(32, 100, 64, 36)) == (100, 64, 36)
+    assert extended_header(b"\x1c\0\0\0ET12" + bytes(32)) is None
     older = tmp_path / "older.pte"
     older.write_bytes(head(24, 40, 0) + flatbuffer)
     check_pte_header(older)  # the 24-byte form: accepted

@@ -172,8 +172,11 @@ def test_programs_carry_the_llm_runner_metadata(kv_programs, gemma3n_module):
 def test_executorch_llm_runner_generates_what_our_generate_does(kv_programs, tmp_path, program):
     """ExecuTorch's C++ ``TextLLMRunner`` (the runner of its Android/iOS apps), greedy, on our program: the same
     tokens as ``generate``. The 8da4w + 4w program needs ExecuTorch's quantized kernels loaded in the process."""
-    import executorch.kernels.quantized  # noqa: F401  (embedding_4bit etc. for the quantized program)
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    from gemma3n_export_fixes.pte import load_quantized_kernels
+
+    load_quantized_kernels()  # embedding_4bit etc. for the quantized program
 
     chars = one_char_tokenizer(tmp_path)
     prompt, new = [5, 17, 42], 12

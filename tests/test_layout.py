@@ -87,3 +87,68 @@ def test_no_import_cycles():
     for module in sorted(graph):
         if module not in state and not (PACKAGE / Path(*module.split(".")[1:]) / "__init__.py").exists():
             visit(module)
+
+
+#: What ``runtime`` may import from ``export``, and why (none of it is the ``.pte`` contract, which is ``pte``'s).
+RUNTIME_FROM_EXPORT = {
+    f"{NAME}.export.options": "the options a program was exported with, read back from its record",
+    f"{NAME}.export.quant": "validation's reference is the eager model quantized the way the export quantizes",
+    f"{NAME}.export.memory": "validation gives freed memory back between its reference and float models",
+}
+#: Contract names defined outside ``pte`` until their module imports them: program.py is being rewritten and keeps
+#: its own RECORD_FORMAT until then. Remove the entry once it imports RECORD_FORMAT from ``pte``.
+PENDING = {f"{NAME}.export.program": {"RECORD_FORMAT", "gemma3n-export-fixes/export/2"}}
+
+
+def _contract() -> tuple[set[str], set[str | bytes]]:
+    """The ``.pte`` contract: the names ``pte`` defines, and the values that must not be written anywhere else
+    (method names, record format, kernel names, the tokenizer's file name, the extended header's tag)."""
+    from types import ModuleType
+
+    from gemma3n_export_fixes import pte
+
+    names = {name for name, value in vars(pte).items()
+             if not name.startswith("_") and not isinstance(value, ModuleType)
+             and getattr(value, "__module__", pte.__name__) == pte.__name__}  # fmt: skip
+    values = {value for name, value in vars(pte).items() if name.isupper() and isinstance(value, str)}
+    return names, values | set(pte.EMBEDDING_KERNELS.values()) | {".tokenizer.json", "eh00", b"eh00"}
+
+
+def test_runtime_takes_the_pte_contract_from_pte_not_from_export():
+    names, _ = _contract()
+    for path in (PACKAGE / "runtime").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{NAME}.export"):
+                assert node.module in RUNTIME_FROM_EXPORT, f"{path.name} imports {node.module} (the contract: pte)"
+                taken = {alias.name for alias in node.names} & names
+                assert not taken, f"{path.name} imports {sorted(taken)} from {node.module}, not from pte"
+
+
+def _defined(node: ast.AST) -> str | None:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.name
+    return node.id if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) else None
+
+
+def test_the_pte_contract_is_written_only_in_pte():
+    """Its names are defined, and its values (a method name, the record format, ...) written, in ``pte`` only:
+    the other modules import them (docstrings aside). The sidecar is ``sidecar_path(pte)``, never
+    ``pte.with_suffix(".json")`` (the lowered-program cache's own ``KEY.json`` is not a sidecar)."""
+    names, values = _contract()
+    for path in PACKAGE.rglob("*.py"):
+        module = _module_name(path)
+        if module == f"{NAME}.pte":
+            continue
+        allowed = PENDING.get(module, set())
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}  # fmt: skip
+        for node in ast.walk(tree):
+            name = _defined(node)
+            assert name not in names - allowed, f"{module} defines {name} (import it from pte)"
+            if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in values - allowed:
+                raise AssertionError(f"{module}:{node.lineno} writes {node.value!r} (import it from pte)")
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "with_suffix":
+                suffix = [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+                assert suffix != [".json"], f"{module}:{node.lineno}: the sidecar is pte.sidecar_path"

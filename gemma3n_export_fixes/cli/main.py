@@ -65,6 +65,7 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.program import export_pte
     from gemma3n_export_fixes.export.writing import check_out_path
     from gemma3n_export_fixes.models.sources import load_model
+    from gemma3n_export_fixes.pte import sidecar_path
 
     options = ExportOptions.from_cli(
         seq_len=args.seq_len, dtype=args.dtype, backend=args.backend, quant=args.quant,
@@ -85,7 +86,7 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     applied = [p["id"] for p in record["patches"] if p["state"] == "applied"]
     con.print(
         f"wrote {out} ({record['pte']['bytes'] / 1e6:.2f} MB, {record['program']}, sha256 "
-        f"{record['pte']['sha256'][:12]}) and {out.with_suffix('.json')}; peak RSS {record['peak_rss_mb']} MB; "
+        f"{record['pte']['sha256'][:12]}) and {sidecar_path(out)}; peak RSS {record['peak_rss_mb']} MB; "
         f"patches applied: {', '.join(applied) or 'none'}"
     )
     return 0
@@ -128,7 +129,7 @@ def _cmd_validate(args: argparse.Namespace, con: Console) -> int:
 
     from gemma3n_export_fixes.export.memory import meta_model
     from gemma3n_export_fixes.export.options import ExportOptions
-    from gemma3n_export_fixes.export.writing import read_sidecar
+    from gemma3n_export_fixes.pte import read_sidecar
     from gemma3n_export_fixes.runtime.loading import is_kv_program, load_forward, load_program, set_threads
     from gemma3n_export_fixes.runtime.validation import (
         default_new_tokens,

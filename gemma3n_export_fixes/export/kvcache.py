@@ -9,6 +9,7 @@ program as mutable buffers; a call at ``cache_position[0] == 0`` starts a new se
 Constant methods follow ExecuTorch's LLM runner conventions (``get_max_seq_len``, ``get_vocab_size``,
 ``use_kv_cache``, ``enable_dynamic_shape``, ``use_sdpa_with_kv_cache``, ``get_bos_id``, ``get_eos_ids``, ...), so
 ExecuTorch's ``TextLLMRunner`` can drive the program and a runner can tell a KV-cache program from a fixed window.
+Their names are the ``.pte`` contract's (``gemma3n_export_fixes.pte``); their values are given here.
 
 Right as released from transformers :data:`KV_CACHE_SINCE`. Older releases' recipe gives the sliding-window
 layers a cache that cannot run past the window (and, on 4.53 - 4.57, a mask that windows the full-attention
@@ -21,9 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gemma3n_export_fixes import pte
+
 KV_CACHE_SINCE = "5.5.1"
-#: The method a KV-cache program carries to say so (ExecuTorch LLM runner convention).
-KV_MARKER_METHOD = "use_kv_cache"
 
 
 #: The plugin patches a KV-cache program needs on releases before :data:`KV_CACHE_SINCE` (each where in range).
@@ -57,19 +58,19 @@ def unsupported_reason(transformers_version: str) -> str | None:
 
 
 def constant_methods(config: dict[str, Any], max_seq_len: int) -> dict[str, Any]:
-    """Metadata methods in ExecuTorch's LLM runner convention."""
+    """Metadata methods in ExecuTorch's LLM runner convention (names: :mod:`gemma3n_export_fixes.pte`)."""
     special: dict[str, Any] = {}
     if config.get("eos_token_ids"):  # the runner stops at every one (Gemma: <eos> and <end_of_turn>)
-        special["get_eos_ids"] = [int(i) for i in config["eos_token_ids"]]
+        special[pte.EOS_IDS_METHOD] = [int(i) for i in config["eos_token_ids"]]
     if config.get("bos_token_id") is not None:
-        special["get_bos_id"] = int(config["bos_token_id"])
+        special[pte.BOS_ID_METHOD] = int(config["bos_token_id"])
     return special | {
-        "get_max_seq_len": max_seq_len,
-        "get_max_context_len": max_seq_len,
-        "get_vocab_size": int(config["vocab_size"]),
-        "get_max_batch_size": 1,
-        KV_MARKER_METHOD: True,
-        "enable_dynamic_shape": True,
-        "get_sliding_window": int(config.get("sliding_window") or 0),
-        "use_sdpa_with_kv_cache": False,  # transformers' attention, not ExecuTorch's custom SDPA op
+        pte.MAX_SEQ_LEN_METHOD: max_seq_len,
+        pte.MAX_CONTEXT_LEN_METHOD: max_seq_len,
+        pte.VOCAB_SIZE_METHOD: int(config["vocab_size"]),
+        pte.MAX_BATCH_SIZE_METHOD: 1,
+        pte.KV_MARKER_METHOD: True,
+        pte.DYNAMIC_SHAPE_METHOD: True,
+        pte.SLIDING_WINDOW_METHOD: int(config.get("sliding_window") or 0),
+        pte.CUSTOM_SDPA_METHOD: False,  # transformers' attention, not ExecuTorch's custom SDPA op
     }

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gemma3n_export_fixes.errors import require
+from gemma3n_export_fixes.pte import load_quantized_kernels
 
 if TYPE_CHECKING:
     import torch
@@ -39,16 +40,6 @@ EMBEDDING_QUANTS = ("none", "8w", "4w")
 ALTUP_COEFFICIENTS = ("altup.correction_coefs", "altup.prediction_coefs")
 #: Group size of int4 weights (linears and 4w embeddings), as in ExecuTorch's Llama recipes.
 GROUP_SIZE = 32
-
-
-def load_quantized_kernels() -> None:
-    """Load ExecuTorch's quantized kernels (``quantized_decomposed::embedding_4bit`` and friends) into this
-    process: a program with quantized embeddings fails without them (``embedding_4bit.dtype_out not found``);
-    a device runner must link them the same way (``quantized_ops_lib``). The runtime is imported first: on
-    ExecuTorch 1.0.1 the library registers its kernels with the runtime only when the runtime is already
-    loaded (imported the other way round, ``embedding_4bit`` is missing when a program runs: error 0x14)."""
-    import executorch.extension.pybindings.portable_lib
-    import executorch.kernels.quantized  # noqa: F401
 
 
 def _embedding_ops() -> None:

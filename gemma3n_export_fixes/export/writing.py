@@ -1,4 +1,4 @@
-"""Writing an export's files all or nothing, and finding the record next to a program.
+"""Writing an export's files all or nothing (where they go: the ``.pte`` contract, ``gemma3n_export_fixes.pte``).
 
 ``AtomicFiles`` stages every file as a temporary file in its target directory (a program is streamed into
 its file, never held as one ``bytes``), and renames them into place only when the block succeeds; on any
@@ -8,14 +8,14 @@ failure the temporary files are removed, so no half-written output is ever left.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO
 
 from gemma3n_export_fixes.errors import UserError
+from gemma3n_export_fixes.pte import sidecar_path, tokenizer_path  # noqa: F401  (program.py, until it imports pte)
 
 
 class AtomicFiles:
@@ -69,24 +69,6 @@ def write_atomically(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same directory: all or nothing."""
     with AtomicFiles() as files:
         files.write(path, data)
-
-
-def sidecar_path(pte: Path) -> Path:
-    """Where the export record of ``pte`` lives: ``FILE.json`` next to ``FILE.pte``."""
-    return pte.with_suffix(".json")
-
-
-def tokenizer_path(pte: Path) -> Path:
-    """``FILE.tokenizer.json`` next to ``FILE.pte``: the checkpoint's tokenizer, for ExecuTorch's LLM runner."""
-    return pte.with_suffix(".tokenizer.json")
-
-
-def read_sidecar(pte: Path) -> dict[str, Any] | None:
-    """The export record written next to ``pte``, if there is a readable one."""
-    try:
-        return json.loads(sidecar_path(pte).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def check_out_path(out: Path) -> None:

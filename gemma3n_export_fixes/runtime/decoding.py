@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gemma3n_export_fixes.errors import UserError
+from gemma3n_export_fixes.pte import EOS_IDS_METHOD, FORWARD_METHOD, MAX_SEQ_LEN_METHOD
 from gemma3n_export_fixes.runtime.loading import runtime_errors
 
 if TYPE_CHECKING:
@@ -83,17 +84,17 @@ class Decoder:
 
 def program_eos_ids(program: Any) -> set[int]:
     """The program's ``get_eos_ids`` (what ExecuTorch's LLM runner stops at); empty for older programs."""
-    if "get_eos_ids" not in program.method_names:
+    if EOS_IDS_METHOD not in program.method_names:
         return set()
-    with runtime_errors("the program's get_eos_ids method cannot be run"):
-        return {int(i) for i in program.load_method("get_eos_ids").execute([])}
+    with runtime_errors(f"the program's {EOS_IDS_METHOD} method cannot be run"):
+        return {int(i) for i in program.load_method(EOS_IDS_METHOD).execute([])}
 
 
 def runtime_decoder(program: Any) -> Decoder:
     """A :class:`Decoder` over a loaded ExecuTorch KV-cache program (``Runtime.load_program``)."""
     with runtime_errors("the program's KV-cache methods cannot be loaded"):
-        method = program.load_method("forward")
-        max_seq_len = int(program.load_method("get_max_seq_len").execute([])[0])
+        method = program.load_method(FORWARD_METHOD)
+        max_seq_len = int(program.load_method(MAX_SEQ_LEN_METHOD).execute([])[0])
         # the largest input_ids the method accepts (its upper bound when the shape is dynamic)
         tokens_per_call = int(method.metadata.input_tensor_meta(0).sizes()[-1])
     return Decoder(

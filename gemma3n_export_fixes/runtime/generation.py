@@ -52,7 +52,7 @@ def generate_from_pte(
 ) -> dict[str, Any]:  # fmt: skip
     """Greedy decoding from a KV-cache program; returns the record the CLI prints."""
     require("executorch", "generate", "executorch")
-    from gemma3n_export_fixes.export.writing import read_sidecar
+    from gemma3n_export_fixes.pte import VOCAB_SIZE_METHOD, read_sidecar
     from gemma3n_export_fixes.runtime.decoding import program_eos_ids, runtime_decoder
     from gemma3n_export_fixes.runtime.loading import is_kv_program, load_program, set_threads
 
@@ -72,7 +72,7 @@ def generate_from_pte(
         if tok is None:
             raise UserError("--prompt needs a tokenizer: pass --tokenizer DIR, or give token ids with --ids")
         prompt_ids = tok(prompt)["input_ids"]
-    vocab = int(program.load_method("get_vocab_size").execute([])[0])
+    vocab = int(program.load_method(VOCAB_SIZE_METHOD).execute([])[0])
     if bad := [t for t in prompt_ids if t >= vocab]:
         raise UserError(f"token ids {bad[:5]} are outside the program's vocabulary of {vocab}")
     decoder = runtime_decoder(program)

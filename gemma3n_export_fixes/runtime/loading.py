@@ -9,67 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from gemma3n_export_fixes.errors import UserError, message_line, require
-from gemma3n_export_fixes.export.kvcache import KV_MARKER_METHOD
-
-
-def _extended_header(head: bytes) -> tuple[int, int, int] | None:
-    """Program size, segment base offset and segment size from the extended header ``eh00`` at byte 8 of a
-    program's first 40 bytes; ``None`` without one, ``ValueError`` when it is cut short or malformed.
-
-    Its length field (bytes 12-16) says which form it is: 24 bytes (no segment size, older ExecuTorch: 0, as
-    ExecuTorch's ``_ExtendedHeader.from_bytes`` reads it) or 32 (with it)."""
-    import struct
-
-    if head[8:12] != b"eh00":
-        return None
-    length = int.from_bytes(head[12:16], "little") if len(head) >= 16 else 0
-    fields = 3 if length > 24 else 2
-    if len(head) < 16 + 8 * fields:
-        raise ValueError(f"truncated ExecuTorch program ({len(head)} bytes: the extended header needs more)")
-    if length < 24:
-        raise ValueError(f"malformed ExecuTorch extended header (length {length}, at least 24)")
-    return (*struct.unpack_from(f"<{fields}Q", head, 16), 0)[:3]
-
-
-def check_pte_header(path: Path) -> None:
-    """Refuse files the runtime would choke on (a corrupt buffer can abort the whole process).
-
-    An ExecuTorch program is a flatbuffer with file identifier ``ET`` + 2 digits at byte 4; when the
-    extended header ``eh00`` follows, it must be whole, and its program size and segment offsets must fit inside
-    the file.
-    """
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(40)
-    if len(head) < 8 or head[4:6] != b"ET" or not head[6:8].isdigit():
-        raise UserError(f"{path}: not an ExecuTorch program (no ET flatbuffer identifier)")
-    try:
-        extended = _extended_header(head)
-    except ValueError as exc:
-        raise UserError(f"{path}: {exc}") from None
-    if extended is not None:
-        program_size, segment_base, segment_size = extended
-        if program_size > size or segment_base + segment_size > size:
-            raise UserError(f"{path}: truncated ExecuTorch program ({size} bytes, header says more)")
-
-
-def _operator_table(path: Path, limit: int = 64 << 20) -> bytes:
-    """The bytes that hold the program's operator table: the flatbuffer, which the extended header sizes
-    (delegate and constant segments follow it); without that header the first ``limit`` bytes."""
-    with path.open("rb") as f:
-        extended = _extended_header(f.read(40))
-        f.seek(0)
-        return f.read(min(extended[0] if extended else limit, limit))
-
-
-#: The kernel a program's quantized embeddings call, per ``--qembedding`` scheme.
-EMBEDDING_KERNELS = {"4w": "quantized_decomposed::embedding_4bit", "8w": "quantized_decomposed::embedding_byte"}
+from gemma3n_export_fixes.pte import (
+    EMBEDDING_KERNELS,
+    FORWARD_METHOD,
+    KV_MARKER_METHOD,
+    check_pte_header,
+    load_quantized_kernels,
+    operator_table,
+)
 
 
 def _runtime_operators() -> frozenset[str]:
     """The operators this process's ExecuTorch runtime has, with the quantized kernels loaded (no overloads)."""
-    from gemma3n_export_fixes.export.quant import load_quantized_kernels
-
     load_quantized_kernels()
     from executorch.extension.pybindings import portable_lib
 
@@ -111,7 +62,7 @@ def load_program(path: Path) -> Any:
         raise UserError(f"{path}: no such file")
     check_pte_header(path)
     operators = _runtime_operators()  # loads the quantized kernels: a device runner links them the same way
-    table = _operator_table(path)
+    table = operator_table(path)
     if b"llama::" in table:  # optimum-cli's --use_custom_sdpa programs: llama::custom_sdpa
         import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401  (2.6 s: only when needed)
     for scheme, kernel in EMBEDDING_KERNELS.items():
@@ -122,7 +73,7 @@ def load_program(path: Path) -> Any:
 
     with runtime_errors(f"{path}: not a loadable ExecuTorch program"):
         program = Runtime.get().load_program(str(path))
-    if "forward" not in program.method_names:
+    if FORWARD_METHOD not in program.method_names:
         raise UserError(f"{path}: the program has no forward method")
     return program
 
@@ -159,7 +110,7 @@ def set_threads(threads: int | None) -> int:
 def load_forward(program: Any, path: Path) -> Any:
     """The program's ``forward`` method, ready to execute."""
     with runtime_errors(f"{path}: not a loadable ExecuTorch program"):
-        return program.load_method("forward")
+        return program.load_method(FORWARD_METHOD)
 
 
 def is_kv_program(program: Any) -> bool:
