@@ -1,11 +1,18 @@
 """Generate ``upstream_prs/`` from the patch registry and the installed transformers' Gemma 3n sources.
 
-    python -m upstream_prs.generate        (or: nox -s upstream_prs)
+    python -m upstream_prs.generate                 (or: nox -s upstream_prs) everything, into upstream_prs/
+    python -m upstream_prs.generate --tests-only    only the test additions, into the committed drafts' folders
+    python -m upstream_prs.generate --out DIR       either of the above into DIR instead
 
-For each patch still needed on the installed (newest) release: a folder with the git-style patch against
-``src/transformers/models/gemma3n/{modular,modeling}_gemma3n.py``, the test to add to transformers'
-``tests/models/gemma3n/test_modeling_gemma3n.py``, and ``PR.md`` (DEP-3 header + PR text, with the exact
-error the reproducer shows today). For each patch already fixed upstream: a short DEP-3 record.
+For each patch still needed on the installed (newest) release: a folder ``<patch>/`` with the git-style patch
+against ``src/transformers/models/gemma3n/{modular,modeling}_gemma3n.py``, ``PR.md`` (DEP-3 header + PR text,
+with the exact error the reproducer shows today), and :data:`TEST_NAME`, the additions to transformers'
+``tests/models/gemma3n/test_modeling_gemma3n.py``. For each patch already fixed upstream: a short DEP-3 record.
+
+The patch and ``PR.md`` are committed (they hold what was measured on the release). The test additions are
+not: their one source is ``templates/<patch>_test.py``, written into ``<patch>/`` on demand (ignored by git).
+To send a PR from a checkout, ``--tests-only`` writes them next to the committed patch (no transformers
+needed, nothing else rewritten); a full run writes them too.
 """
 
 from __future__ import annotations
@@ -23,6 +30,22 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 TEMPLATES = HERE / "templates"
 FILES = ("modular_gemma3n.py", "modeling_gemma3n.py")
+#: The test additions' file name in a draft folder: generated from ``templates/<patch>_test.py``, never committed.
+TEST_NAME = "test_modeling_gemma3n_addition.py"
+
+
+def write_test(patch_id: str, folder: Path) -> Path:
+    """Write the test additions of ``patch_id`` (its template, as it is) into ``folder``; returns the file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / TEST_NAME
+    shutil.copyfile(TEMPLATES / f"{patch_id}_test.py", path)
+    return path
+
+
+def write_tests(out: Path = HERE) -> list[Path]:
+    """The test additions of every committed draft (a ``<patch>/`` folder here with a template), into ``out``."""
+    drafts = sorted(p.name for p in HERE.iterdir() if p.is_dir() and (TEMPLATES / f"{p.name}_test.py").is_file())
+    return [write_test(patch_id, out / patch_id) for patch_id in drafts]
 
 
 def unified_diff(old: str, new: str, name: str) -> str:
@@ -53,7 +76,7 @@ def draft(patch, edit, version: str, today: str, out: Path) -> Path:
     diff = "".join(unified_diff(src, edit(src, name), name) for name in FILES for src in [(sources / name).read_text()])
     patch_file = folder / f"0001-gemma3n-{patch.id}.patch"
     patch_file.write_text(diff)
-    shutil.copy(TEMPLATES / f"{patch.id}_test.py", folder / "test_modeling_gemma3n_addition.py")
+    write_test(patch.id, folder)
     measured = check(patch_file)
     text = (TEMPLATES / f"{patch.id}_PR.md").read_text()
     import torch
@@ -111,6 +134,16 @@ def generate(out: Path = HERE) -> list[Path]:
     return written
 
 
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m upstream_prs.generate", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="where to write (default: upstream_prs/)")
+    parser.add_argument("--tests-only", action="store_true", help=f"write only each committed draft's {TEST_NAME}")
+    args = parser.parse_args(argv)
+    for path in write_tests(args.out) if args.tests_only else generate(args.out):
+        print(f"wrote {path.relative_to(HERE.parent) if path.is_relative_to(HERE.parent) else path}")
+
+
 if __name__ == "__main__":
-    for path in generate():
-        print(f"wrote {path.relative_to(HERE.parent)}")
+    main()
