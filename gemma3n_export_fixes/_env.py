@@ -5,12 +5,9 @@
 - ``GEMMA3N_EXPORT_FIXES_DISABLE=gaussian-topk,altup-clamp``: the automatic patching leaves the named patches
   out (comma or space separated; ``status`` reports them ``disabled``). Like OpenTelemetry's
   ``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS``; an explicit ``apply(["gaussian-topk"])`` still applies one.
-- ``GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS=0``: ``export --recipe xnnpack`` lowers the graph as ``torch.export`` left
-  it, without the XNNPACK-friendly rewrites of ``export/xnnpack_forms.py`` (for comparison, or if one misbehaves).
-- ``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS=0``: ``export`` runs torch's strict trace and ExecuTorch's lowering
-  without the shortcuts of ``export/strict_export.py`` (the weights not cloned while Dynamo traces) and
-  ``export/lowering.py`` (validating once, skipping idle XNNPACK passes, legalizing in place, the merge check and
-  dependency relation as bitsets, the preprocess copies sharing the weights). Each leaves the program the same.
+  The toolchain patches an export runs inside (``status`` lists them, scope ``export``) honour both variables:
+  ``GEMMA3N_EXPORT_FIXES_DISABLE=xnnpack-forms`` lowers without the XNNPACK forms, ``=validate-once,...`` without
+  those shortcuts; ``GEMMA3N_EXPORT_FIXES=0`` exports on the upstream toolchain too.
 """
 
 from __future__ import annotations
@@ -19,8 +16,6 @@ import os
 
 ENV_VAR = "GEMMA3N_EXPORT_FIXES"
 DISABLE_VAR = "GEMMA3N_EXPORT_FIXES_DISABLE"
-FORMS_VAR = "GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS"
-SHORTCUTS_VAR = "GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS"
 _OFF_VALUES = frozenset({"0", "false", "no", "off", "disable", "disabled"})
 
 
@@ -33,13 +28,3 @@ def disabled_patches() -> frozenset[str]:
     """The patch ids ``GEMMA3N_EXPORT_FIXES_DISABLE`` names (unknown ids are kept: the engine reports them)."""
     text = os.environ.get(DISABLE_VAR, "")
     return frozenset(part for part in text.replace(",", " ").split() if part)
-
-
-def xnnpack_forms_enabled() -> bool:
-    """False when ``GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS`` turns the XNNPACK graph rewrites off."""
-    return os.environ.get(FORMS_VAR, "").strip().lower() not in _OFF_VALUES
-
-
-def lowering_shortcuts_enabled() -> bool:
-    """False when ``GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS`` turns the lowering shortcuts off."""
-    return os.environ.get(SHORTCUTS_VAR, "").strip().lower() not in _OFF_VALUES

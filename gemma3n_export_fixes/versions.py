@@ -17,6 +17,16 @@ def distribution_version(name: str) -> str | None:
         return None
 
 
+def installed_version(distribution: str) -> str | None:
+    """The version of ``distribution`` in this process: transformers from the imported module (what runs, even
+    from a ``PYTHONPATH`` tree; imports it), any other from its installed metadata; ``None`` when not installed."""
+    if distribution == "transformers":
+        import transformers
+
+        return str(transformers.__version__)
+    return distribution_version(distribution)
+
+
 def package_version() -> str:
     """This package's installed version (``unknown`` when run from a checkout that was never installed)."""
     return distribution_version(DISTRIBUTION) or "unknown"

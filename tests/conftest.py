@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import gemma3n_export_fixes as gx
-from gemma3n_export_fixes.plugin import TARGET_MODULE
+from gemma3n_export_fixes.plugin.modules import TARGET_MODULE
 
 TESTS = Path(__file__).parent
 SCRIPTS = TESTS / "scripts"

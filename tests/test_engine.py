@@ -12,26 +12,26 @@ from packaging.specifiers import SpecifierSet
 
 import gemma3n_export_fixes as gx
 from conftest import run_python
-from gemma3n_export_fixes.plugin import RECIPE_MODULE, WATCHED_MODULES
+from gemma3n_export_fixes.plugin.api import ENGINE
 from gemma3n_export_fixes.plugin.engine import (
-    ENGINE,
     MARKER,
     UNIMPORTABLE,
     Engine,
     Gemma3nExportFixesWarning,
     State,
-    installed_version,
 )
 from gemma3n_export_fixes.plugin.fingerprint import fingerprint
-from gemma3n_export_fixes.plugin.patch import Patch, Target
+from gemma3n_export_fixes.plugin.modules import RECIPE_MODULE, WATCHED_MODULES
+from gemma3n_export_fixes.plugin.patch import Patch, Scope, Target
 from gemma3n_export_fixes.plugin.patches import REGISTRY
+from gemma3n_export_fixes.versions import installed_version
 
 
 def _owner(patch, target):
-    """(owner, name) of ``target`` in the module ``patch`` targets (a class, or the module itself)."""
+    """(owner, name) of ``target`` in the module it lies in (a class, or the module itself)."""
     import importlib
 
-    owner = importlib.import_module(patch.module)
+    owner = importlib.import_module(target.module or patch.module)
     *path, name = target.path.split(".")
     for part in path:
         owner = getattr(owner, part)
@@ -56,7 +56,7 @@ def test_apply_twice_changes_nothing(gemma3n_module):
     statuses = gx.apply()
     assert {(o, n): vars(o)[n] for o, n in _targets(gemma3n_module)} == before
     assert all(getattr(f, MARKER, None) for f in before.values())
-    assert [s.state for s in statuses] == [s.state for s in gx.status()]
+    assert [s.state for s in statuses] == [s.state for s in gx.status() if s.scope == "import"]
 
 
 def test_revert_restores_the_very_original_objects(gemma3n_module):
@@ -68,7 +68,8 @@ def test_revert_restores_the_very_original_objects(gemma3n_module):
     try:
         for (owner, name), original in originals.items():
             assert vars(owner)[name] is original
-        assert all(s.state in (State.REVERTED, State.NOT_NEEDED) for s in gx.status() if _present(s))
+        imports = [s for s in gx.status() if _present(s) and s.scope == "import"]
+        assert all(s.state in (State.REVERTED, State.NOT_NEEDED) for s in imports)
     finally:
         gx.apply()
     assert all(getattr(vars(o)[n], MARKER, None) for o, n in targets)
@@ -90,6 +91,9 @@ def test_every_patch_reports_a_state_and_a_reason(gemma3n_module):
     statuses = gx.status()
     assert [s.id for s in statuses] == [p.id for p in REGISTRY]
     for s in statuses:
+        if s.scope == "export":  # in place only during an export: see tests/test_scopes.py
+            assert s.state in {State.PENDING, State.READY, State.NOT_NEEDED, State.SKIPPED, State.DISABLED}, s
+            continue
         if not _present(s):
             assert "not installed" in s.reason or "does not import here" in s.reason, s
             continue
@@ -213,7 +217,8 @@ def test_concurrent_apply_and_revert_leave_a_consistent_state(gemma3n_module):
     assert not errors
     applied = ENGINE.applied_ids()
     # a client may be absent, or its module may not import on this transformers
-    for patch in (p for p in REGISTRY if installed_version(p.distribution) and p.module not in UNIMPORTABLE):
+    imports = [p for p in REGISTRY if p.scope is Scope.IMPORT]
+    for patch in (p for p in imports if installed_version(p.distribution) and p.module not in UNIMPORTABLE):
         for target in (t for t in patch.targets if t.replaced):
             owner, name = _owner(patch, target)
             current = vars(owner).get(name)  # None: not in this release (a patch not needed here)
@@ -238,7 +243,7 @@ def test_the_recipe_patches_apply_when_the_recipe_module_is_imported():
     for patch in REGISTRY:
         if patch.module == RECIPE_MODULE:
             assert states[patch.id] in ("applied", "not-needed"), states
-    assert {p.module for p in REGISTRY} == set(WATCHED_MODULES)
+    assert {p.module for p in REGISTRY if p.scope is Scope.IMPORT} == set(WATCHED_MODULES)
 
 
 def test_apply_after_importlib_reload_patches_the_new_classes():
@@ -266,9 +271,9 @@ def test_a_failing_engine_never_breaks_the_users_import():
 
     code = (
         "import warnings; warnings.simplefilter('always')\n"
-        "import gemma3n_export_fixes.plugin.engine as engine\n"
+        "import gemma3n_export_fixes.plugin.api as api\n"
         "def broken(*a, **k): raise RuntimeError('engine exploded')\n"
-        "engine.ENGINE.apply = broken\n"
+        "api.ENGINE.apply = broken\n"
         "import transformers.models.gemma3n.modeling_gemma3n as m\n"
         "print(m.Gemma3nTextMLP.__name__)\n"
     )
@@ -284,7 +289,7 @@ def test_apply_while_another_thread_imports_the_module_does_not_deadlock():
     code = """
 import threading, time, sys
 import gemma3n_export_fixes as gx
-from gemma3n_export_fixes.plugin import TARGET_MODULE
+from gemma3n_export_fixes.plugin.modules import TARGET_MODULE
 importer = threading.Thread(target=lambda: __import__(TARGET_MODULE), daemon=True)
 applier = threading.Thread(target=gx.apply, daemon=True)
 importer.start(); time.sleep(0.3); applier.start()
@@ -308,7 +313,7 @@ def test_patched_while_another_thread_imports_the_module_does_not_deadlock():
 import threading, time, sys, os, warnings
 warnings.simplefilter("always")
 import gemma3n_export_fixes as gx
-from gemma3n_export_fixes.plugin import TARGET_MODULE
+from gemma3n_export_fixes.plugin.modules import TARGET_MODULE
 seen = []
 def enter_patched():
     with warnings.catch_warnings(record=True) as caught:
@@ -377,4 +382,4 @@ def test_the_disable_variable_leaves_named_patches_out_of_the_automatic_run(gemm
     assert status.returncode == 0, status.stderr[-2000:]
     assert "GEMMA3N_EXPORT_FIXES_DISABLE leaves out gaussian-topk, nope (unknown patch ids: nope" in status.stdout
     (row,) = [line for line in status.stdout.splitlines() if line.startswith("gaussian-topk ")]
-    assert row.split()[1] == "disabled"
+    assert row.split()[1:3] == ["fix/import", "disabled"]

@@ -1,21 +1,22 @@
-"""Backports of ExecuTorch fixes (``gemma3n_export_fixes/export/executorch_backports.py``).
+"""Backports of ExecuTorch fixes: the registry's ``preserved-ops-in-config`` (pytorch/executorch#17404).
 
-The stack CI installs has the fixes, so the backports do not apply there: these tests force them on and show
-they change no program and restore what they patched. Where they apply (ExecuTorch 1.0.1, the matrix's seed
-row), the evidence is that row's XNNPACK exports, validated in the runtime.
+The stack CI installs has the fix, so the registry reports the backport ``not-needed`` there: these tests install
+its replacement by hand and show it changes no program and is removed again. Where it applies (ExecuTorch 1.0.1,
+the matrix's seed row), the evidence is that row's XNNPACK exports, validated in the runtime.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import pytest
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch", reason="executorch is not installed")
 
-from gemma3n_export_fixes.export.executorch_backports import (  # noqa: E402
-    preserved_ops_in_config,
-    preserved_ops_in_config_applies,
-)
+from gemma3n_export_fixes.plugin import assess  # noqa: E402
+from gemma3n_export_fixes.plugin.patches.toolchain import preserved_ops_in_config as backport  # noqa: E402
 
 
 class LinearsAndNorm(torch.nn.Module):
@@ -29,11 +30,23 @@ class LinearsAndNorm(torch.nn.Module):
         return self.b(h * torch.pow(h.pow(2).mean(-1, keepdim=True) + 1e-6, -0.5))
 
 
+@contextmanager
+def forced() -> Iterator[None]:
+    """The backport's replacement installed for the block even where ExecuTorch has the fix (the registry would
+    not apply it there), and the original put back."""
+    from executorch.exir.program._program import EdgeProgramManager
+
+    original = vars(EdgeProgramManager)["__init__"]
+    EdgeProgramManager.__init__ = backport.build({backport.PATH: original})[backport.PATH]
+    try:
+        yield
+    finally:
+        EdgeProgramManager.__init__ = original
+
+
 def _lowered_bytes(force: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, list[str]]:
     """The program ``to_edge_transform_and_lower`` writes with a transform pass (the step #17404 fixed), with the
-    backport forced on or not entered; and the exception list ``transform()`` verified with."""
-    from contextlib import nullcontext
-
+    backport forced on or not; and the exception list ``transform()`` verified with."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
     from executorch.exir.program._program import EdgeProgramManager
@@ -50,9 +63,7 @@ def _lowered_bytes(force: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes,
     monkeypatch.setattr(EdgeProgramManager, "transform", recorded)
     torch.manual_seed(0)
     exported = torch.export.export(LinearsAndNorm().eval(), (torch.randn(1, 4, 16),), strict=False)
-    with preserved_ops_in_config(force=True) if force else nullcontext() as patched:
-        if force:
-            assert patched
+    with forced() if force else nullcontext():
         edge = to_edge_transform_and_lower(
             exported, transform_passes=[XnnpackForms()], partitioner=[XnnpackPartitioner()]
         )
@@ -60,7 +71,7 @@ def _lowered_bytes(force: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes,
     return edge.to_executorch().buffer, seen
 
 
-def test_the_backport_applies_only_where_executorch_lacks_the_fix():
+def test_the_registry_applies_the_backport_only_where_executorch_lacks_the_fix():
     import inspect
 
     from executorch.exir.program import _program
@@ -68,9 +79,8 @@ def test_the_backport_applies_only_where_executorch_lacks_the_fix():
     fixed = "config._core_aten_ops_exception_list = list(" in inspect.getsource(
         _program._gen_edge_manager_for_partitioners
     )
-    assert preserved_ops_in_config_applies() is not fixed
-    with preserved_ops_in_config() as patched:
-        assert patched is not fixed
+    (status,) = assess([backport.PATCH.id])
+    assert status.state.value == ("not-needed" if fixed else "ready"), status.reason
 
 
 def test_the_backport_carries_the_kept_ops_and_writes_the_same_program(monkeypatch):
@@ -84,6 +94,6 @@ def test_the_backport_restores_the_original():
     from executorch.exir.program._program import EdgeProgramManager
 
     original = vars(EdgeProgramManager)["__init__"]
-    with preserved_ops_in_config(force=True):
+    with forced():
         assert vars(EdgeProgramManager)["__init__"] is not original
     assert vars(EdgeProgramManager)["__init__"] is original

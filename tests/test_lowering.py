@@ -1,4 +1,4 @@
-"""The XNNPACK lowering: graph rewrites into forms XNNPACK delegates, and the shortcuts on ExecuTorch.
+"""The XNNPACK lowering: graph rewrites into forms XNNPACK delegates, and the registry's toolchain patches on it.
 
 Small modules made of exactly the ops Gemma 3n leaves outside the delegate, lowered for real with
 ``XnnpackPartitioner`` (forms on and off), run in the ExecuTorch runtime and compared with eager PyTorch.
@@ -8,7 +8,8 @@ The whole-model checks are the export tests: every XNNPACK program they validate
 from __future__ import annotations
 
 import operator
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import pytest
@@ -16,18 +17,31 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch", reason="executorch is not installed")
 
-from gemma3n_export_fixes.export.lowering import (  # noqa: E402
-    _legalize_in_place,
-    constants_shared_in_preprocess,
-    constants_shared_in_preprocess_applies,
-    delegate_count,
-    idle_passes_skipped,
-    legalized_in_place,
-    lower_to_xnnpack,
-    merge_check_by_sets,
-    validate_once,
-    validate_once_applies,
+from gemma3n_export_fixes.export.lowering import FORMS_PATCH, delegate_count, lower_to_xnnpack  # noqa: E402
+from gemma3n_export_fixes.plugin.api import ENGINE, assess  # noqa: E402
+from gemma3n_export_fixes.plugin.patch import Scope  # noqa: E402
+from gemma3n_export_fixes.plugin.patches.toolchain import constants_shared_in_preprocess  # noqa: E402
+from gemma3n_export_fixes.plugin.patches.toolchain.idle_passes import GUARDED, _has_work, targets_of  # noqa: E402
+from gemma3n_export_fixes.plugin.patches.toolchain.legalize_in_place import _legalize_in_place  # noqa: E402
+from gemma3n_export_fixes.plugin.patches.toolchain.merge_check_by_sets import (  # noqa: E402
+    _BitsetDependencyViewer,
+    _can_merge_partitions,
 )
+
+Patched = Callable[[], AbstractContextManager[Any]]
+
+
+def toolchain(*ids: str) -> Patched:
+    """A context manager factory: the registry's toolchain patches ``ids`` applied for the block (each must apply on
+    this ExecuTorch and torch: a drift fails the test, naming the patch and why)."""
+
+    @contextmanager
+    def patched() -> Iterator[Any]:
+        with ENGINE.patched(ids, scope=Scope.EXPORT) as statuses:
+            assert all(s.applied for s in statuses), [s.reason for s in statuses if not s.applied]
+            yield statuses
+
+    return patched
 
 
 class GemmaShapedOps(torch.nn.Module):
@@ -63,13 +77,12 @@ def _lowered(forms: bool, dynamic: bool) -> tuple[int, torch.Tensor, torch.Tenso
     x = torch.randn(4, 1, 6, 16)
     shapes = {"x": {2: torch.export.Dim("seq", min=2, max=8)}} if dynamic else None
     exported = torch.export.export(module, (x,), dynamic_shapes=shapes, strict=False)
-    edge, record = lower_to_xnnpack(exported, forms=forms)
-    assert record["partitions"] == delegate_count(edge)
+    edge = lower_to_xnnpack(exported, None, [FORMS_PATCH] if forms else [])
     program = Runtime.get().load_program(edge.to_executorch().buffer)
     (got,) = program.load_method("forward").execute([x])
     with torch.no_grad():
         expected = module(x)
-    return record["partitions"], got, expected
+    return delegate_count(edge), got, expected
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-seq"])
@@ -87,10 +100,8 @@ def test_forms_lower_in_one_partition_with_the_same_values(dynamic):
 def test_validate_once_patches_only_while_lowering_and_restores_the_original():
     from executorch.exir.backend import utils as backend_utils
 
-    assert validate_once_applies(), "ExecuTorch's duplicate_constant_node changed: re-check validate_once"
     original = backend_utils.duplicate_constant_node
-    with validate_once() as patched:
-        assert patched
+    with toolchain("validate-once")():
         assert backend_utils.duplicate_constant_node is not original
     assert backend_utils.duplicate_constant_node is original
 
@@ -128,8 +139,8 @@ def test_shared_constants_are_copied_without_per_copy_validation_and_validated_o
         try:
             calls["n"] = 0
             if once:
-                edge, record = lower_to_xnnpack(exported, forms=False)
-                assert record["validate_once"]
+                with toolchain("validate-once")():
+                    edge = lower_to_xnnpack(exported, None, [])
             else:
                 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
                 from executorch.exir import to_edge_transform_and_lower
@@ -173,21 +184,16 @@ MODULES = {
 }
 
 
-def _program_bytes(module: torch.nn.Module, args: tuple[torch.Tensor, ...], shortcut: Any = None) -> bytes:
-    """The program ExecuTorch writes for ``module``, lowered to XNNPACK with ``shortcut`` (a context manager
-    yielding what it patched, checked by the caller) active, or without any."""
+def _program_bytes(module: torch.nn.Module, args: tuple[torch.Tensor, ...], shortcut: Patched | None = None) -> bytes:
+    """The program ExecuTorch writes for ``module``, lowered to XNNPACK with ``shortcut`` (see :func:`toolchain`)
+    applied, or without any."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     exported = torch.export.export(module, args, strict=False)
-    with shortcut() if shortcut is not None else nullcontext() as patched:
+    with shortcut() if shortcut is not None else nullcontext():
         edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
-    buffer = edge.to_executorch().buffer
-    if shortcut is idle_passes_skipped:
-        assert patched == 7, "ExecuTorch's XNNPACK passes changed: re-check idle_passes_skipped"
-    elif shortcut is not None:
-        assert patched, f"{shortcut.__name__} no longer applies: re-check it against ExecuTorch and torch"
-    return buffer
+    return edge.to_executorch().buffer
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -200,29 +206,25 @@ def test_skipping_idle_passes_writes_the_same_program(module):
     model, args = MODULES[module]()
     model.eval()
     upstream = _program_bytes(model, args)
-    assert _program_bytes(model, args, idle_passes_skipped) == upstream
+    assert _program_bytes(model, args, toolchain("idle-passes-skipped")) == upstream
     (got,) = Runtime.get().load_program(upstream).load_method("forward").execute(list(args))
     with torch.no_grad():
         assert torch.allclose(got, model(*args), atol=1e-4)
 
 
 def test_the_guards_see_work_where_there_is_some():
-    from executorch.backends.xnnpack._passes.convert_to_sdpa import ConvertToSDPAPass
-    from executorch.backends.xnnpack._passes.decompose_batch_norm import DecomposeBatchNorm
     from executorch.backends.xnnpack.utils.configs import get_xnnpack_edge_compile_config
     from executorch.exir import to_edge
 
-    from gemma3n_export_fixes.export.lowering import _idle_passes, _targets
-
-    guards = _idle_passes()
+    guards = {cls: _has_work(what) for cls, what in GUARDED.values()}
     present = {}
     for name in MODULES:
         model, args = MODULES[name]()
         edge = to_edge(torch.export.export(model.eval(), args), compile_config=get_xnnpack_edge_compile_config())
-        present[name] = _targets(edge.exported_program().graph)
-    assert guards[ConvertToSDPAPass](present["attention"])
-    assert guards[DecomposeBatchNorm](present["conv-norm"])
-    busy = {cls.__name__ for cls, has_work in guards.items() if has_work(present["gemma-shaped"])}
+        present[name] = targets_of(edge.exported_program().graph)
+    assert guards["ConvertToSDPAPass"](present["attention"])
+    assert guards["DecomposeBatchNorm"](present["conv-norm"])
+    busy = {cls for cls, has_work in guards.items() if has_work(present["gemma-shaped"])}
     assert busy == {"DimOrderOpsRevertPass"}, busy  # its x.clone() is a dim-order clone; nothing else applies
 
 
@@ -230,11 +232,9 @@ def test_idle_passes_skipped_restores_the_original_passes():
     from executorch.backends.xnnpack._passes.decompose_batch_norm import DecomposeBatchNorm
     from executorch.exir.passes.memory_format_ops_pass import DimOrderOpsRevertPass
 
-    from gemma3n_export_fixes.export.lowering import idle_passes_skipped
-
     original = DecomposeBatchNorm.call
     assert "call" not in vars(DimOrderOpsRevertPass)
-    with idle_passes_skipped():
+    with toolchain("idle-passes-skipped")():
         assert DecomposeBatchNorm.call is not original and "call" in vars(DimOrderOpsRevertPass)
     assert DecomposeBatchNorm.call is original and "call" not in vars(DimOrderOpsRevertPass)
 
@@ -289,7 +289,7 @@ def test_legalizing_in_place_writes_the_same_program(module):
     torch.manual_seed(0)
     model, args = MODULES[module]()
     model.eval()
-    assert _program_bytes(model, args, legalized_in_place) == _program_bytes(model, args)
+    assert _program_bytes(model, args, toolchain("legalize-in-place")) == _program_bytes(model, args)
 
 
 def test_legalized_in_place_restores_the_originals():
@@ -297,8 +297,7 @@ def test_legalized_in_place_restores_the_originals():
     from executorch.exir.backend import backend_api
 
     originals = (lbm.legalize_graph, backend_api._create_partitions_in_graph_module)
-    with legalized_in_place() as patched:
-        assert patched, "torch's legalize_graph or ExecuTorch's partitioning changed: re-check legalized_in_place"
+    with toolchain("legalize-in-place")():
         assert lbm.legalize_graph is _legalize_in_place
         assert backend_api._create_partitions_in_graph_module is not originals[1]
     assert (lbm.legalize_graph, backend_api._create_partitions_in_graph_module) == originals
@@ -309,7 +308,7 @@ def test_merge_check_by_sets_writes_the_same_program(module):
     torch.manual_seed(0)
     model, args = MODULES[module]()
     model.eval()
-    assert _program_bytes(model, args, merge_check_by_sets) == _program_bytes(model, args)
+    assert _program_bytes(model, args, toolchain("merge-check-by-sets")) == _program_bytes(model, args)
 
 
 def _gemma_shaped_edge() -> object:
@@ -326,8 +325,6 @@ def test_merge_check_by_sets_answers_as_upstream_for_every_pair():
     over the bitsets, ExecuTorch's own over its sets; and the originals restored afterwards."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir.backend.canonical_partitioners import group_partitioner
-
-    from gemma3n_export_fixes.export.lowering import _BitsetDependencyViewer, _can_merge_partitions
 
     cls = group_partitioner.GroupBasedPartitioner
     original, sets_viewer = cls._can_merge_partitions, group_partitioner._DependencyViewer
@@ -355,8 +352,7 @@ def test_merge_check_by_sets_answers_as_upstream_for_every_pair():
             pre_checks.append(overlap)
         return upstream
 
-    with merge_check_by_sets() as patched:
-        assert patched, "ExecuTorch's GroupBasedPartitioner changed: re-check merge_check_by_sets"
+    with toolchain("merge-check-by-sets")():
         assert cls._can_merge_partitions is _can_merge_partitions
         assert group_partitioner._DependencyViewer is _BitsetDependencyViewer
         cls._can_merge_partitions = both
@@ -371,8 +367,6 @@ def test_the_bitset_viewer_holds_upstream_s_relation():
     """Every node's downstream and upstream nodes, from the bitsets, are ExecuTorch's sets."""
     from executorch.exir.backend.canonical_partitioners.group_partitioner import _DependencyViewer
 
-    from gemma3n_export_fixes.export.lowering import _BitsetDependencyViewer
-
     module = _gemma_shaped_edge().exported_program().graph_module
     sets, bits = _DependencyViewer(module), _BitsetDependencyViewer(module)
     nodes = list(module.graph.nodes)
@@ -383,9 +377,11 @@ def test_the_bitset_viewer_holds_upstream_s_relation():
 
 
 def _require_preprocess_copy() -> None:
-    """Skip where ExecuTorch has no preprocess-copy hook for ``constants_shared_in_preprocess`` to patch."""
-    if not constants_shared_in_preprocess_applies():
-        pytest.skip("this ExecuTorch copies partitions inline (before 1.5): constants_shared_in_preprocess not used")
+    """Skip where the registry does not apply ``constants-shared-in-preprocess`` (ExecuTorch before 1.5 copies
+    partitions inline: not needed), with the status's reason."""
+    (status,) = assess([constants_shared_in_preprocess.PATCH.id])
+    if status.state.value != "ready":
+        pytest.skip(f"constants-shared-in-preprocess does not apply here: {status.reason}")
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
@@ -394,18 +390,16 @@ def test_constants_shared_in_preprocess_writes_the_same_program(module):
     model, args = MODULES[module]()
     model.eval()
     _require_preprocess_copy()
-    assert _program_bytes(model, args, constants_shared_in_preprocess) == _program_bytes(model, args)
+    assert _program_bytes(model, args, toolchain("constants-shared-in-preprocess")) == _program_bytes(model, args)
 
 
 @pytest.mark.parametrize("module", ["conv-norm", "gemma-shaped"])  # the graphs with weights
 def test_the_shared_weights_are_unchanged_by_lowering(module, monkeypatch):
     """Sharing is safe only if XNNPACK's preprocess never writes the tensors it now shares: every tensor a
     partition's copy shared keeps its values and its version counter through a real lowering."""
-    from gemma3n_export_fixes.export import lowering
-
     _require_preprocess_copy()
     shared: list[tuple[torch.Tensor, torch.Tensor, int]] = []
-    copy = lowering._copy_sharing_constants
+    copy = constants_shared_in_preprocess._copy_sharing_constants
 
     def noted(cls, edge_program, compile_specs):  # type: ignore[no-untyped-def]  # the real copy, after a note
         for t in (*edge_program.state_dict.values(), *edge_program.constants.values()):
@@ -413,10 +407,10 @@ def test_the_shared_weights_are_unchanged_by_lowering(module, monkeypatch):
                 shared.append((t, t.detach().clone(), t._version))
         return copy(cls, edge_program, compile_specs)
 
-    monkeypatch.setattr(lowering, "_copy_sharing_constants", noted)
+    monkeypatch.setattr(constants_shared_in_preprocess, "_copy_sharing_constants", noted)
     torch.manual_seed(0)
     model, args = MODULES[module]()
-    _program_bytes(model.eval(), args, constants_shared_in_preprocess)
+    _program_bytes(model.eval(), args, toolchain("constants-shared-in-preprocess"))
     assert shared, "no partition's copy shared a tensor"
     for tensor, before, version in shared:
         assert tensor._version == version and torch.equal(tensor, before)
@@ -431,8 +425,7 @@ def test_the_preprocess_copy_shares_the_weights_and_only_while_patched():
     assert weights
     copied = XnnpackBackend.copy_exported_program_for_preprocess(program, [])
     assert all(copied.state_dict[n] is not program.state_dict[n] for n in weights)  # upstream: a copy of each
-    with constants_shared_in_preprocess() as patched:
-        assert patched
+    with toolchain("constants-shared-in-preprocess")():
         shared = XnnpackBackend.copy_exported_program_for_preprocess(program, [])
     assert all(shared.state_dict[n] is program.state_dict[n] for n in weights)
     assert shared.graph_module is not program.graph_module and shared.state_dict is not program.state_dict

@@ -41,16 +41,19 @@ def boundary(releases: list[str], needed) -> tuple[str, str] | None:
 
 
 def test_every_declared_boundary_is_bracketed_by_adjacent_releases_in_the_grid():
-    """Each patch's last affected release and the release right after it are both grid rows, and so is the
-    oldest release with Gemma 3n: so the evidence of the grid decides each range exactly."""
+    """Each patch's last affected release and the release right after it are both grid rows, and so are the first
+    affected release and the one before it when a later release introduced the defect, and the oldest release with
+    Gemma 3n: so the evidence of the grid decides each range exactly."""
     releases = transformers_releases()
     assert releases[0] == "4.53.0" and "5.23.0" in releases
     grid = {row["transformers"] for row in tagged("grid")}
     assert releases[0] in grid
     for patch in (p for p in REGISTRY if p.is_transformers_patch):
-        assert patch.needed_by(releases[0]), patch.id
-        edge = boundary(releases, patch.needed_by)
-        if edge is not None:
+        edges = [boundary(releases, patch.needed_by)]
+        first = next(v for v in releases if patch.needed_by(v))
+        if first != releases[0]:  # a defect a later release introduced: where it starts is a boundary too
+            edges.append((releases[releases.index(first) - 1], first))
+        for edge in filter(None, edges):
             assert set(edge) <= grid, f"{patch.id}: the boundary {edge[0]} | {edge[1]} is not bracketed by grid rows"
 
 

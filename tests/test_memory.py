@@ -62,21 +62,21 @@ def test_export_refuses_before_loading_and_writes_nothing(tmp_path, gemma3n_modu
 
 
 def test_the_lowering_factor_is_the_measured_one_only_with_every_memory_shortcut(gemma3n_module, monkeypatch):
-    """1.45 x the stored program where every shortcut it was measured with applies, 2.5 where one does not (off
-    by the variable, the portable path): on E2B 8da4w + 4w the lowering term then outgrows the build's."""
+    """1.45 x the stored program where every shortcut it was measured with applies, 2.5 where one does not (one
+    disabled by name, the portable path): on E2B 8da4w + 4w the lowering term then outgrows the build's."""
     from dataclasses import replace
 
-    from gemma3n_export_fixes._env import SHORTCUTS_VAR
+    from gemma3n_export_fixes._env import DISABLE_VAR
     from gemma3n_export_fixes.export import memory
 
     eager = memory._eager_quantized_bytes(memory.meta_model("e2b-shape"), PHONE)
     on = plan("e2b-shape", PHONE)
-    monkeypatch.setenv(SHORTCUTS_VAR, "0")
+    monkeypatch.setenv(DISABLE_VAR, "merge-check-by-sets")
     assert not memory.memory_shortcuts_apply(PHONE)
     off = plan("e2b-shape", PHONE)
     unshared = int(memory.BASE_BYTES + eager + int(off.stored_bytes * memory.UNSHARED_LOWERING_FACTOR))
     assert off.predicted_peak == unshared
-    monkeypatch.delenv(SHORTCUTS_VAR)
+    monkeypatch.delenv(DISABLE_VAR)
     assert not memory.memory_shortcuts_apply(replace(PHONE, backend="portable"))
     if memory.memory_shortcuts_apply(PHONE):  # ExecuTorch 1.5.1 with torch 2.9.1 / 2.13.0: every CI row
         shared = int(memory.BASE_BYTES + eager + int(on.stored_bytes * memory.LOWERING_FACTOR))

@@ -1,4 +1,4 @@
-"""Strict ``torch.export`` without Dynamo's clone of every weight (``gemma3n_export_fixes/export/strict_export.py``).
+"""Strict ``torch.export`` without Dynamo's clone of every weight (the registry's ``weights-not-cloned``).
 
 The tiny model, quantized the way ``export`` does (8da4w linears are torchao tensor subclasses, 4w tables are
 buffers), exported through the KV-cache recipe with and without the patch: the same program, and Dynamo clones
@@ -7,8 +7,6 @@ figure (``benchmarks/real_size.py``), not asserted here.
 """
 
 from __future__ import annotations
-
-from contextlib import nullcontext
 
 import pytest
 
@@ -24,9 +22,9 @@ def _export(patched: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, int
     from torch._dynamo.variables import builder
 
     from gemma3n_export_fixes.export.quant import quantize
-    from gemma3n_export_fixes.export.strict_export import weights_not_cloned
     from gemma3n_export_fixes.models.recipe import export_recipe
     from gemma3n_export_fixes.models.sources import load_model
+    from gemma3n_export_fixes.plugin import exporting
 
     model = load_model("tiny").model
     quantize(model, "8da4w", "4w", torch.float32)
@@ -41,7 +39,8 @@ def _export(patched: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[object, int
 
     monkeypatch.setattr(builder, "clone_input", counted)
     original = builder._clone_input
-    with weights_not_cloned(model) if patched else nullcontext(False) as applied:
+    with exporting(model, ids=["weights-not-cloned"] if patched else []) as statuses:
+        applied = bool(statuses) and statuses[0].applied
         exported = export_recipe(model, 16)
     assert builder._clone_input is original
     monkeypatch.undo()
@@ -63,7 +62,7 @@ def test_the_trace_is_the_same_without_the_weight_clones(gemma3n_module, monkeyp
     require_kv_cache()
     plain, plain_clones, weights, _ = _export(False, monkeypatch)
     shared, shared_clones, _, applied = _export(True, monkeypatch)
-    assert applied, "weights_not_cloned does not apply to this torch: see its source checks"
+    assert applied, "weights-not-cloned does not apply to this torch: see `gemma3n-export-fixes status`"
     assert plain_clones >= weights // 2 > 0  # without: Dynamo clones the weights it meets
     # builder's one call site of clone_input is _clone_input, which the patch short-cuts for these ids: zero
     # shows no other path (a newer torch's second call site, say) still clones a weight

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from conftest import run_python
+from gemma3n_export_fixes.plugin.patch import Scope
 from gemma3n_export_fixes.plugin.patches import REGISTRY
 from matrix.grid import ROOT, default_stack
 from upstream_prs.generate import TEMPLATES, TEST_NAME, write_test
@@ -48,7 +49,7 @@ def test_one_draft_per_patch_still_needed_and_a_record_per_fixed_one(newest):
 def test_a_client_patch_has_a_hand_written_record_for_its_project():
     """A patch on a client (optimum-executorch) has no transformers draft; its record holds the DEP-3 header
     and the change proposed to that project."""
-    clients = [p for p in REGISTRY if not p.is_transformers_patch]
+    clients = [p for p in REGISTRY if not p.is_transformers_patch and p.scope is Scope.IMPORT]
     assert clients
     for patch in clients:
         text = (DRAFTS / f"{patch.id}.md").read_text()
@@ -56,6 +57,19 @@ def test_a_client_patch_has_a_hand_written_record_for_its_project():
         for field in ("Description:", "Bug:", "Forwarded:", "Applied-Upstream:", "Last-Update:"):
             assert field in header, (patch.id, field)
         assert "```diff" in text and not (DRAFTS / patch.id).exists()
+
+
+def test_a_toolchain_patch_has_a_record_for_its_project():
+    """A patch on the toolchain (ExecuTorch, torch) has a record under ``upstream_prs/<distribution>/<id>.md`` with
+    the DEP-3 header (what upstream has, what is drafted), and its ``upstream`` field points at it."""
+    toolchain = [p for p in REGISTRY if p.scope is Scope.EXPORT]
+    assert toolchain
+    for patch in toolchain:
+        record = DRAFTS / patch.distribution / f"{patch.id}.md"
+        header = record.read_text().split("\n\n")[0]
+        for field in ("Description:", "Bug:", "Forwarded:", "Applied-Upstream:", "Last-Update:"):
+            assert field in header, (patch.id, field)
+        assert f"upstream_prs/{patch.distribution}/{patch.id}.md" in patch.upstream, patch.upstream
 
 
 def test_committed_drafts_are_what_the_generator_writes_today(newest, tmp_path):

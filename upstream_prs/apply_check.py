@@ -104,7 +104,8 @@ spec.loader.exec_module(patched)
 spec = importlib.util.spec_from_file_location("snippet", sys.argv[2])
 snippet = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(snippet)
-assert snippet.Gemma3nTextMLP is patched.Gemma3nTextMLP
+shared = [name for name in vars(snippet) if name.startswith("Gemma3n") and hasattr(patched, name)]
+assert shared and all(getattr(snippet, name) is getattr(patched, name) for name in shared), shared
 result = unittest.TextTestRunner(verbosity=2).run(unittest.defaultTestLoader.loadTestsFromModule(snippet))
 sys.exit(0 if result.wasSuccessful() and result.testsRun else 1)
 """

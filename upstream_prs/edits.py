@@ -69,5 +69,22 @@ def gaussian_topk(source: str, where: str) -> str:
     return replace_once(source, GAUSSIAN_TOPK_OLD_BODY, GAUSSIAN_TOPK_NEW_BODY, where)
 
 
+ROTARY_ORDER_OLD = """\
+        for layer_type in set(self.config.layer_types):
+            position_embeddings[layer_type] = self.rotary_emb(hidden_states, position_ids, layer_type)
+"""
+ROTARY_ORDER_NEW = """\
+        # sorted: a set of strings iterates in the order of the process's hash seed (PYTHONHASHSEED), and the
+        # order of these calls is the order of the traced graph's nodes (same model, different exported bytes)
+        for layer_type in sorted(set(self.config.layer_types)):
+            position_embeddings[layer_type] = self.rotary_emb(hidden_states, position_ids, layer_type)
+"""
+
+
+def rotary_order(source: str, where: str) -> str:
+    """The rotary embeddings in sorted layer-type order (``Gemma3nRotaryEmbedding``'s own), not a set's."""
+    return replace_once(source, ROTARY_ORDER_OLD, ROTARY_ORDER_NEW, where)
+
+
 #: patch id -> edit applied to both the modular and the modeling file.
-EDITS: dict[str, Callable[[str, str], str]] = {"gaussian-topk": gaussian_topk}
+EDITS: dict[str, Callable[[str, str], str]] = {"gaussian-topk": gaussian_topk, "rotary-order": rotary_order}

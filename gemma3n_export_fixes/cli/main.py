@@ -43,12 +43,12 @@ def _print_table(con: Console, record: dict[str, Any]) -> None:
     def needed_on(p: dict[str, Any]) -> str:  # transformers ranges bare; a client's named
         return p["needed_on"] if p["distribution"] == "transformers" else f"{p['distribution']} {p['needed_on']}"
 
-    rows = [(p["id"], p["state"], needed_on(p), p["reason"]) for p in record["patches"]]
-    headers = ("patch", "state", "needed on transformers", "why")
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(3)]
+    rows = [(p["id"], f"{p['kind']}/{p['scope']}", p["state"], needed_on(p), p["reason"]) for p in record["patches"]]
+    headers = ("patch", "kind/scope", "state", "needed on transformers", "why")
+    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(4)]
     con.print()
     for row in [headers, *rows]:
-        con.print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+        con.print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
 
 
 def _cmd_status(args: argparse.Namespace, con: Console) -> int:
@@ -63,7 +63,7 @@ def _cmd_status(args: argparse.Namespace, con: Console) -> int:
 def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.options import ExportOptions
     from gemma3n_export_fixes.export.program import export_pte
-    from gemma3n_export_fixes.export.writing import check_out_path
+    from gemma3n_export_fixes.export.writing import check_free_space, check_out_path
     from gemma3n_export_fixes.models.sources import load_model
     from gemma3n_export_fixes.pte import sidecar_path
 
@@ -79,10 +79,11 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.export.memory import check_fits
 
     memory = check_fits(args.model, options)  # before any heavy work: refuse what cannot fit, in one line
+    check_free_space(out, memory.stored_bytes)  # and a program the disk cannot hold (its weights, as stored)
     con.progress(f"loading {args.model} (predicted peak memory of the export {memory.predicted_peak / 1e9:.1f} GB) ...")
     loaded = load_model(args.model, lazy=True)  # the real shapes: weights come unit by unit (models.lazy)
     con.progress(f"loaded {args.model}: {loaded.parameters:,} parameters")
-    record = export_pte(loaded, out, options, progress=con.progress)
+    record = export_pte(loaded, out, options, progress=con.progress, memory=memory)
     applied = [p["id"] for p in record["patches"] if p["state"] == "applied"]
     con.print(
         f"wrote {out} ({record['pte']['bytes'] / 1e6:.2f} MB, {record['program']}, sha256 "
@@ -289,11 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         parents=[common],
-        help="which fixes this transformers release needs, and which were applied (and why not)",
+        help="every change this package makes to other people's code: which this stack needs, which apply, and why",
         description=(
-            "Import transformers' Gemma 3n module as an export script would, then report per patch: "
-            "applied, not-needed (this release does not have the defect), skipped-drift (the code differs "
-            "from what the patch was written for), failed (rolled back) or pending (automatic patching off)."
+            "Import transformers' Gemma 3n module as an export script would, then report per patch (kind: fix, "
+            "shortcut or form; scope: import = applied when its module is imported, export = only while `export` "
+            "traces and lowers): applied, ready (an export patch that would apply here), not-needed (this release "
+            "does not have the defect), disabled (GEMMA3N_EXPORT_FIXES_DISABLE names it), skipped-drift (the code "
+            "differs from what the patch was written for), failed (rolled back) or pending (its module is not "
+            "imported, or automatic patching is off)."
         ),
     )
     status.add_argument("--json", action="store_true", help="print a JSON record instead of a table")

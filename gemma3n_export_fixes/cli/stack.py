@@ -56,10 +56,15 @@ def import_gemma3n(versions: dict[str, str | None]) -> None:
 
 
 def status_record() -> dict[str, Any]:
-    """The machine-readable status: versions, activation (with the opt-out switches), and one entry per patch."""
+    """The machine-readable status: versions, activation (with the opt-out switches), and one entry per patch of
+    both scopes (the toolchain's as they would apply in an export here: ``ready``, ``not-needed``, ...)."""
     versions = stack_versions()
     import_gemma3n(versions)
     import gemma3n_export_fixes as gx
+    from gemma3n_export_fixes.plugin import assess
+
+    if versions.get("executorch") is not None:
+        assess()
     from gemma3n_export_fixes._env import disabled_by_env, disabled_patches
 
     return {

@@ -10,14 +10,16 @@ and its result is a function of what this key covers:
   subclass, e.g. torchao's quantized weights, by its flattened inner tensors and metadata). Left out: stack
   traces (file names and line numbers of the transformers release that traced it) and autograd sequence
   numbers, which no lowering pass reads;
-- the export options, the program's constant methods, the XNNPACK forms and lowering shortcuts switches;
-- the versions of torch, executorch and torchao, and the source of this package's ``export`` folder.
+- the export options, the program's constant methods, the toolchain patches applied (by id);
+- the versions of torch, executorch and torchao, and the source of this package's ``export`` folder and of its
+  toolchain patches (``plugin/patches/toolchain``).
 
 Same key, same lowering input, same code: the stored ``.pte`` is the one the lowering would write
 (``tests/test_lowered_cache.py`` lowers a program twice, once from a second transformers-equivalent trace,
 and compares bytes). Validation is never cached: every cell runs the cached program against its own eager
-model. Opt-in, for the matrix: ``GEMMA3N_EXPORT_FIXES_LOWERED_CACHE=DIR``; the export record says
-``"cached": KEY`` when a program came from it.
+model. Opt-in, for the matrix: ``GEMMA3N_EXPORT_FIXES_LOWERED_CACHE=DIR`` (the matrix's cells set it);
+:func:`cached` wraps the export's ``lower`` step with it, and the export record says ``"cached": KEY`` when a
+program came from it.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gemma3n_export_fixes.export.program import Lowered, StageTimer, Traced
 
 ENV_VAR = "GEMMA3N_EXPORT_FIXES_LOWERED_CACHE"
 _META_KEYS = ("nn_module_stack", "source_fn_stack", "torch_fn")
@@ -101,16 +106,17 @@ def _graphs_text(exported: Any) -> str:
 
 
 def _package_source_digest() -> str:
-    folder = Path(__file__).parent
+    package = Path(__file__).parent.parent
     h = hashlib.sha256()
-    for path in sorted(folder.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
+    for folder in (package / "export", package / "plugin" / "patches" / "toolchain"):
+        for path in sorted(folder.glob("*.py")):
+            h.update(path.name.encode() + path.read_bytes())
     return h.hexdigest()
 
 
 def program_key(exported: Any, lowering: dict[str, Any], methods: dict[str, Any]) -> str:
     """The sha256 that decides whether ``exported`` was lowered before (see the module docstring); ``lowering``:
-    how it is lowered (the export options, the XNNPACK forms and lowering shortcuts switches)."""
+    how it is lowered (the export options, the toolchain patches applied)."""
     from gemma3n_export_fixes.versions import distribution_version
 
     h = hashlib.sha256()
@@ -127,6 +133,31 @@ def program_key(exported: Any, lowering: dict[str, Any], methods: dict[str, Any]
     return h.hexdigest()
 
 
+Lower = Callable[["Traced", Any, frozenset[str], "StageTimer"], "Lowered"]
+
+
+def cached(lower: Lower) -> Lower:
+    """``lower`` through the cache when ``GEMMA3N_EXPORT_FIXES_LOWERED_CACHE`` names one, else ``lower`` itself."""
+    if cache_dir() is None:
+        return lower
+
+    def lower_or_reuse(traced: Traced, options: Any, applied: frozenset[str], timer: StageTimer) -> Lowered:
+        from gemma3n_export_fixes.export.program import Lowered
+
+        how = {"options": options.describe(), "patches": sorted(applied)}
+        key = program_key(traced.exported, how, traced.methods)
+        hit = lookup(key)
+        if hit is not None:
+            traced.exported = None
+            timer.progress(f"  lower: this exported graph was lowered on this stack before: {hit[0]} (validated anew)")
+            return Lowered(cached=hit[0], lowering={**hit[1], "cached": key})
+        lowered = lower(traced, options, applied, timer)
+        store(key, lowered)
+        return lowered
+
+    return lower_or_reuse
+
+
 def lookup(key: str) -> tuple[Path, dict[str, Any]] | None:
     """The stored program and what its lowering recorded, if ``key`` was lowered before."""
     folder = cache_dir()
@@ -138,14 +169,15 @@ def lookup(key: str) -> tuple[Path, dict[str, Any]] | None:
     return pte, json.loads(meta.read_text())
 
 
-def store(key: str, pte: Path, lowering: dict[str, Any]) -> None:
-    """Keep ``pte`` under ``key`` (atomically: a reader never sees half a program)."""
+def store(key: str, lowered: Lowered) -> None:
+    """Keep the lowered program under ``key`` (atomically: a reader never sees half a program)."""
     folder = cache_dir()
     if folder is None:
         return
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.{os.getpid()}.tmp"
-    shutil.copyfile(pte, tmp)
-    (folder / f".{key}.{os.getpid()}.json").write_text(json.dumps(lowering, default=str))
+    with open(tmp, "wb") as handle:
+        lowered.write_to(handle)
+    (folder / f".{key}.{os.getpid()}.json").write_text(json.dumps(lowered.lowering, default=str))
     os.replace(folder / f".{key}.{os.getpid()}.json", folder / f"{key}.json")
     os.replace(tmp, folder / f"{key}.pte")

@@ -14,8 +14,8 @@ machine (the figures in the README; ``nox -s real_size`` re-measures them):
   to fixed-window programs too). E2B 8da4w + 4w, KV 256, 2026-12-06: 9.22 GB
   measured (in ``to_executorch``), predicted 1.0 + 4.02 (eager quantized) + 1.45 x 2.96 (stored) = 9.3 GB (the
   plan says 10.1 GB: the build's upper bound above, 8.0 GB measured, is now the larger term). That
-  factor holds with the memory shortcuts (``strict_export.weights_not_cloned``, and in ``export.lowering`` the
-  bitset dependency viewer and ``constants_shared_in_preprocess``); without them (shortcuts off, ExecuTorch
+  factor holds with the memory shortcuts (the registry's toolchain patches ``weights-not-cloned``,
+  ``merge-check-by-sets`` and ``constants-shared-in-preprocess``); without them (shortcuts off, ExecuTorch
   1.4.1 and older, the portable path, unmeasured at size) the factor measured before them, 2.5 (12.3 GB for the
   same export, predicted 12.4).
 
@@ -47,20 +47,21 @@ LOWERING_FACTOR = 1.45
 UNSHARED_LOWERING_FACTOR = 2.5
 
 
+#: The toolchain patches :data:`LOWERING_FACTOR` was measured with (``weights-not-cloned`` matters only where the
+#: trace is strict: the KV-cache program).
+MEMORY_SHORTCUTS = ("merge-check-by-sets", "constants-shared-in-preprocess")
+STRICT_TRACE_SHORTCUT = "weights-not-cloned"
+
+
 def memory_shortcuts_apply(options: ExportOptions) -> bool:
     """True when the export will trace and lower with every shortcut that :data:`LOWERING_FACTOR` was measured
-    with (XNNPACK, shortcuts on, an ExecuTorch and torch whose code they were written for)."""
-    from gemma3n_export_fixes._env import lowering_shortcuts_enabled
-    from gemma3n_export_fixes.export.lowering import constants_shared_in_preprocess_applies, merge_check_by_sets_applies
-    from gemma3n_export_fixes.export.strict_export import weights_not_cloned_applies
+    with: XNNPACK, and each of those patches ``ready`` here (in range, code matching, not disabled)."""
+    if options.backend != "xnnpack":
+        return False
+    from gemma3n_export_fixes.plugin import assess
 
-    return (
-        options.backend == "xnnpack"
-        and lowering_shortcuts_enabled()
-        and merge_check_by_sets_applies()
-        and constants_shared_in_preprocess_applies()
-        and (not options.kv_cache or weights_not_cloned_applies())  # only the KV program is traced strictly
-    )
+    needed = (*MEMORY_SHORTCUTS, STRICT_TRACE_SHORTCUT) if options.kv_cache else MEMORY_SHORTCUTS
+    return all(s.state.value in ("ready", "applied") for s in assess(needed))
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,12 @@ The exported program is the text-only decoder (``language_model`` + ``lm_head``)
   ``use_cache=False``, ``torch.export(strict=False)``;
 - ``kv_cache``: prefill + decode with a static KV cache of ``max_seq_len`` positions (see ``kvcache``).
 
-Then either the portable path (``to_edge``) or XNNPACK (``to_edge_transform_and_lower`` with
-``XnnpackPartitioner``), then ``to_executorch``. The program is streamed into a temporary file; the ``.pte``
-and its ``.json`` record appear together or not at all. The record holds the peak RSS of the exporting
-process and the weight bytes before (float) and after quantization (as stored).
+Four steps (:func:`export_pte` runs them): :func:`trace` (``torch.export``), :func:`lower` (the portable path,
+``to_edge``, or XNNPACK, ``to_edge_transform_and_lower`` with ``XnnpackPartitioner``, then ``to_executorch``), both
+inside the registry's toolchain patches (``gemma3n_export_fixes.plugin.exporting``); then :func:`write` (the
+program streamed into a temporary file) and :func:`record` (the ``.json`` beside it): the ``.pte`` and its record
+appear together or not at all. The record holds the patches in place (both scopes, one list), the peak RSS of the
+exporting process and the weight bytes before (float) and after quantization (as stored).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,16 +28,17 @@ from typing import TYPE_CHECKING, Any
 from gemma3n_export_fixes.errors import require
 from gemma3n_export_fixes.export.options import ExportOptions
 from gemma3n_export_fixes.export.quant import quantize
-from gemma3n_export_fixes.export.writing import AtomicFiles, check_out_path, sidecar_path, tokenizer_path
+from gemma3n_export_fixes.export.writing import AtomicFiles, check_out_path
 from gemma3n_export_fixes.models.sources import BUILTIN, torch_dtype
+from gemma3n_export_fixes.pte import RECORD_FORMAT, sidecar_path, tokenizer_path
 
 if TYPE_CHECKING:
     import torch
 
+    from gemma3n_export_fixes.export.memory import MemoryPlan
     from gemma3n_export_fixes.models.sources import LoadedModel
 
 Progress = Callable[[str], None]
-RECORD_FORMAT = "gemma3n-export-fixes/export/2"
 
 
 def _silent(_: str) -> None:
@@ -92,104 +95,158 @@ class TextOnlyLogits:
         return TextOnly(model).eval()
 
 
-def export_pte(loaded: LoadedModel, out: Path, options: ExportOptions, progress: Progress = _silent) -> dict[str, Any]:
-    """Export ``loaded`` to ``out`` (+ ``out.json``); returns the JSON record. Writes nothing on failure."""
-    require("executorch", "export", "executorch")
-    import gemma3n_export_fixes as gx
-    from gemma3n_export_fixes.export import kvcache
-    from gemma3n_export_fixes.export.memory import plan, release_freed
-    from gemma3n_export_fixes.export.sizes import price
-    from gemma3n_export_fixes.models.recipe import export_recipe
-    from gemma3n_export_fixes.versions import stack_versions
+@dataclass
+class Traced:
+    """What :func:`trace` hands to :func:`lower`: the exported program and the program's constant methods."""
 
-    versions = stack_versions()
-    options.check(versions["transformers"] or "0")
-    check_out_path(out)
+    exported: Any
+    methods: dict[str, Any]
+
+
+@dataclass
+class Lowered:
+    """A program ready to write: ``program`` (an ``ExecutorchProgramManager``) or ``cached`` (a stored ``.pte`` of
+    the same lowering, see :mod:`~gemma3n_export_fixes.export.lowered_cache`), and what the lowering did."""
+
+    program: Any = None
+    cached: Path | None = None
+    lowering: dict[str, Any] = field(default_factory=dict)
+
+    def write_to(self, handle: Any) -> None:
+        if self.cached is not None:
+            with open(self.cached, "rb") as source:
+                shutil.copyfileobj(source, handle, 1 << 22)
+        else:
+            self.program.write_to_file(handle)
+
+
+def trace(model: torch.nn.Module, config: dict[str, Any], options: ExportOptions, timer: StageTimer) -> Traced:
+    """``torch.export`` of the (quantized) decoder: the recipe's strict KV-cache program, or the fixed window."""
     import torch
+
+    from gemma3n_export_fixes.export import kvcache
+    from gemma3n_export_fixes.models.recipe import export_recipe
+
+    if options.kv_cache:
+        with timer.stage("export", f"torch.export(strict=True), static KV cache of {options.max_seq_len}"):
+            exported = export_recipe(model, options.max_seq_len)
+        return Traced(exported, kvcache.constant_methods(config, options.max_seq_len))
+    example = (torch.zeros(1, options.seq_len, dtype=torch.long),)
+    with timer.stage("export", "torch.export(strict=False)"):
+        return Traced(torch.export.export(TextOnlyLogits.wrap(model), example, strict=False), {})
+
+
+def lower(traced: Traced, options: ExportOptions, applied: frozenset[str], timer: StageTimer) -> Lowered:
+    """The edge program (portable or XNNPACK, with the XNNPACK forms where that patch is ``applied``), then
+    ``to_executorch``. Consumes ``traced.exported``."""
     from executorch.exir import to_edge
 
-    from gemma3n_export_fixes._env import lowering_shortcuts_enabled, xnnpack_forms_enabled
-    from gemma3n_export_fixes.export import lowered_cache
-    from gemma3n_export_fixes.export.strict_export import weights_not_cloned
+    from gemma3n_export_fixes.export.lowering import delegate_count, lower_to_xnnpack
+    from gemma3n_export_fixes.export.memory import release_freed
 
+    lowering: dict[str, Any] = {}
+    if options.backend == "xnnpack":
+        with timer.stage("lower", "to_edge_transform_and_lower(XnnpackPartitioner)"):
+            edge = lower_to_xnnpack(traced.exported, traced.methods, applied)
+        lowering["partitions"] = delegate_count(edge)
+        timer.progress(f"  lower: {lowering['partitions']} XNNPACK partitions")
+    else:
+        with timer.stage("lower", "to_edge (portable kernels)"):
+            edge = to_edge(traced.exported, constant_methods=traced.methods or None)
+    traced.exported = None
+    with timer.stage("to_executorch", "memory planning and emission"):
+        program = edge.to_executorch()
+    del edge
+    release_freed()
+    return Lowered(program=program, lowering=lowering)
+
+
+def write(lowered: Lowered, out: Path, files: AtomicFiles, timer: StageTimer) -> dict[str, Any]:
+    """Stream the program into ``out``'s staged file; its path, size and sha256."""
+    with timer.stage("serialize", f"write {out}"):
+        lowered.write_to(files.open(out))
+        size, sha256 = files.digest(out)
+    return {"path": str(out.resolve()), "bytes": size, "sha256": sha256}
+
+
+def record(
+    loaded: LoadedModel,
+    options: ExportOptions,
+    patches: list[dict[str, Any]],
+    pte: dict[str, Any],
+    lowered: Lowered,
+    memory: MemoryPlan,
+    facts: dict[str, Any],
+    timer: StageTimer,
+) -> dict[str, Any]:
+    """The export record (``FILE.json``): what was exported, how, with which patches (both scopes, as they were
+    while the program was traced and lowered), and what it cost."""
+    from gemma3n_export_fixes.versions import stack_versions
+
+    return {
+        "format": RECORD_FORMAT,
+        "model": loaded.source,
+        "config_hash": loaded.config_hash,
+        "config": loaded.config,
+        **facts,
+        "program": "kv-cache" if options.kv_cache else "fixed-window",
+        "options": options.describe(),
+        "versions": stack_versions(),
+        "patches": patches,
+        "pte": pte,
+        "seconds": timer.seconds,
+        "lowering": lowered.lowering,
+        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb_after": timer.peak_rss_mb,
+        "memory": memory.to_dict(),
+    }
+
+
+def export_pte(
+    loaded: LoadedModel,
+    out: Path,
+    options: ExportOptions,
+    progress: Progress = _silent,
+    memory: MemoryPlan | None = None,
+) -> dict[str, Any]:
+    """Export ``loaded`` to ``out`` (+ ``out.json``); returns the JSON record. Writes nothing on failure.
+
+    ``memory``: the plan of a caller that already checked the options and the output path and planned the memory
+    (``ExportOptions.check``, ``check_out_path``, ``export.memory.check_fits``: the CLI, before loading the
+    model); without it, all three are done here.
+    """
+    require("executorch", "export", "executorch")
+    import gemma3n_export_fixes as gx
+    from gemma3n_export_fixes.export import lowered_cache
+    from gemma3n_export_fixes.export.memory import plan, release_freed
+    from gemma3n_export_fixes.export.sizes import price
+    from gemma3n_export_fixes.plugin import exporting
+    from gemma3n_export_fixes.versions import distribution_version
+
+    if memory is None:  # a library caller: the CLI checked the options and planned before it loaded the model
+        options.check(distribution_version("transformers") or "0")
+        check_out_path(out)
+        memory = plan(loaded.source, options)
     timer = StageTimer(progress)
     model = loaded.model
-    parameters = loaded.parameters  # before quantizing: quantized tables become buffers
+    facts: dict[str, Any] = {"parameters": loaded.parameters}  # before quantizing: quantized tables become buffers
     weights = price(model, options.dtype, options.quant, options.quant_embeddings)
+    facts["weight_bytes"] = {"float": weights["float_bytes"], "stored": weights["bytes"]}
     what = f"{options.dtype}, linears {options.quant}, embeddings {options.quant_embeddings}, unit by unit"
     with timer.stage("quantize", what):
-        quantized = quantize(model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
+        facts["quantized"] = quantize(model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
         release_freed()
-    methods: dict[str, Any] = {}
-    lowering: dict[str, Any] = {}
-    shortcuts = lowering_shortcuts_enabled()
-    shared = False  # whether the strict trace shared the weights instead of cloning them (the record says)
-    if options.kv_cache:
-        what = f"torch.export(strict=True), static KV cache of {options.max_seq_len}"
-        trace = weights_not_cloned(model) if shortcuts else nullcontext(False)
-        with timer.stage("export", what), trace as shared:
-            exported = export_recipe(model, options.max_seq_len)
-        methods = kvcache.constant_methods(loaded.config, options.max_seq_len)
-    else:
-        example = (torch.zeros(1, options.seq_len, dtype=torch.long),)
-        with timer.stage("export", "torch.export(strict=False)"):
-            exported = torch.export.export(TextOnlyLogits.wrap(model), example, strict=False)
-    forms = xnnpack_forms_enabled() if options.backend == "xnnpack" else None  # None: the portable path
-    lowering_flags = {"options": options.describe(), "forms": forms, "shortcuts": shortcuts}
-    key = lowered_cache.program_key(exported, lowering_flags, methods) if lowered_cache.cache_dir() else None
-    hit = lowered_cache.lookup(key) if key else None
-    if hit is None:
-        if forms is not None:
-            from gemma3n_export_fixes.export.lowering import lower_to_xnnpack
-
-            with timer.stage("lower", "to_edge_transform_and_lower(XnnpackPartitioner)"):
-                edge, lowering = lower_to_xnnpack(exported, methods, forms=forms, shortcuts=shortcuts)
-            progress(f"  lower: {lowering['partitions']} XNNPACK partitions")
-        else:
-            with timer.stage("lower", "to_edge (portable kernels)"):
-                edge = to_edge(exported, constant_methods=methods or None)
-        del exported
-        with timer.stage("to_executorch", "memory planning and emission"):
-            program = edge.to_executorch()
-        del edge
-        release_freed()
-    else:
-        del exported
-        cached, lowering = hit[0], {**hit[1], "cached": key}
-        progress(f"  lower: this exported graph was lowered on this stack before: {cached} (validated anew)")
+    with exporting(model) as toolchain:
+        applied = frozenset(s.id for s in toolchain if s.applied)
+        traced = trace(model, loaded.config, options, timer)
+        lowered = lowered_cache.cached(lower)(traced, options, applied, timer)
+    patches = [s.to_dict() for s in gx.status() if s.scope == "import"] + [s.to_dict() for s in toolchain]
     with AtomicFiles() as files:
-        with timer.stage("serialize", f"write {out}"):
-            if hit is not None:
-                with open(cached, "rb") as source:
-                    shutil.copyfileobj(source, files.open(out), 1 << 22)
-            else:
-                program.write_to_file(files.open(out))
-            size, sha256 = files.digest(out)
-        record = {
-            "format": RECORD_FORMAT,
-            "model": loaded.source,
-            "config_hash": loaded.config_hash,
-            "config": loaded.config,
-            "parameters": parameters,
-            "weight_bytes": {"float": weights["float_bytes"], "stored": weights["bytes"]},
-            "program": "kv-cache" if options.kv_cache else "fixed-window",
-            "options": options.describe(),
-            "quantized": quantized,
-            "versions": versions,
-            "patches": [s.to_dict() for s in gx.status()],
-            "pte": {"path": str(out.resolve()), "bytes": size, "sha256": sha256},
-            "seconds": timer.seconds,
-            "lowering": lowering,
-            "trace": {"weights_not_cloned": shared},
-            "peak_rss_mb": peak_rss_mb(),
-            "peak_rss_mb_after": timer.peak_rss_mb,
-            "memory": plan(loaded.source, options).to_dict(),
-        }
+        pte = write(lowered, out, files, timer)
+        result = record(loaded, options, patches, pte, lowered, memory, facts, timer)
         source_tokenizer = Path(loaded.source) / "tokenizer.json"
         if loaded.source not in BUILTIN and source_tokenizer.is_file():  # what the LLM runner needs beside it
             files.write(tokenizer_path(out), source_tokenizer.read_bytes())
-            record["tokenizer"] = str(tokenizer_path(out).resolve())
-        files.write(sidecar_path(out), (json.dumps(record, indent=2, default=str) + "\n").encode())
-    if key and hit is None:
-        lowered_cache.store(key, out, lowering)
-    return record
+            result["tokenizer"] = str(tokenizer_path(out).resolve())
+        files.write(sidecar_path(out), (json.dumps(result, indent=2, default=str) + "\n").encode())
+    return result

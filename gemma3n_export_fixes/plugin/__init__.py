@@ -1,8 +1,9 @@
 """The plugin: what runs when transformers is imported. Never imports the export tool.
 
 - :mod:`.hook`: the wrapt post-import hooks on the patched modules (registered by ``_startup``);
-- :mod:`.engine`: decides, installs, reverts and reports patches; owns the process-wide :data:`ENGINE`;
-- :mod:`.api`: ``apply`` / ``revert`` / ``status`` / ``patched`` / ``unpatched`` (re-exported by the package);
+- :mod:`.engine`: decides, installs, reverts and reports patches (holds no registry);
+- :mod:`.api`: the process-wide ``ENGINE`` and ``apply`` / ``revert`` / ``status`` / ``patched`` / ``unpatched``
+  (re-exported by the package), ``assess`` and ``exporting`` (the toolchain patches an export runs inside);
 - :mod:`.patch`: what a patch declares; :mod:`.fingerprint`: drift detection; :mod:`.patches`: one module per
   fix; :mod:`.reproduce`: every patch's reproducer in a fresh process (``check`` runs it).
 
@@ -12,16 +13,13 @@ file; the rest loads when the Gemma 3n module is imported or the API is used.
 
 from __future__ import annotations
 
-#: The module the model patches target (Gemma 3n's modelling code).
-TARGET_MODULE = "transformers.models.gemma3n.modeling_gemma3n"
-#: The module the recipe patches target (transformers' ExecuTorch recipe: what optimum-cli and ``--kv-cache`` use).
-RECIPE_MODULE = "transformers.integrations.executorch"
-#: The optimum-executorch module the client patch targets (``optimum-cli export executorch --use_custom_sdpa``).
-OPTIMUM_SDPA_MODULE = "optimum.executorch.attentions.custom_sdpa"
-#: The optimum-executorch module of ``--use_custom_kv_cache`` (does not import on transformers without HybridCache).
-OPTIMUM_KV_CACHE_MODULE = "optimum.executorch.attentions.custom_kv_cache"
-#: Every module a patch targets; the post-import hook watches each (a patch applies when its module is imported).
-WATCHED_MODULES = (TARGET_MODULE, RECIPE_MODULE, OPTIMUM_SDPA_MODULE, OPTIMUM_KV_CACHE_MODULE)
+from gemma3n_export_fixes.plugin.modules import (
+    OPTIMUM_KV_CACHE_MODULE,
+    OPTIMUM_SDPA_MODULE,
+    RECIPE_MODULE,
+    TARGET_MODULE,
+    WATCHED_MODULES,
+)
 
 __all__ = [
     "OPTIMUM_KV_CACHE_MODULE",
@@ -30,9 +28,13 @@ __all__ = [
     "TARGET_MODULE",
     "WATCHED_MODULES",
     "Gemma3nExportFixesWarning",
+    "Kind",
     "PatchStatus",
+    "Scope",
     "State",
     "apply",
+    "assess",
+    "exporting",
     "import_modules",
     "patched",
     "revert",
@@ -40,8 +42,9 @@ __all__ = [
     "unpatched",
 ]
 
-_API = {"apply", "import_modules", "revert", "status", "patched", "unpatched"}
+_API = {"apply", "assess", "exporting", "import_modules", "revert", "status", "patched", "unpatched"}
 _ENGINE = {"PatchStatus", "State", "Gemma3nExportFixesWarning"}
+_PATCH = {"Kind", "Scope"}
 
 
 def __getattr__(name: str) -> object:
@@ -53,4 +56,8 @@ def __getattr__(name: str) -> object:
         from gemma3n_export_fixes.plugin import engine
 
         return getattr(engine, name)
+    if name in _PATCH:
+        from gemma3n_export_fixes.plugin import patch
+
+        return getattr(patch, name)
     raise AttributeError(f"module 'gemma3n_export_fixes.plugin' has no attribute {name!r}")

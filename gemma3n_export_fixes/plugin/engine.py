@@ -1,26 +1,31 @@
 """The patch engine: decides, installs, undoes and reports; one lock, one record per patch.
 
 Contract:
-- A patch is applied when the installed release of its package (transformers, or a client) lies in its declared
-  range AND every target's code has a fingerprint the patch was written for. In range with other code: not
-  applied, warned once.
-- What gets installed is the plain function the patch built (never a proxy), so every tracer sees it.
-- ``apply`` is idempotent; ``revert`` puts back the very original objects (identity), but never over a
-  replacement somebody else installed after us (that is reported, and left alone).
+- A patch is applied when the installed release of its package (transformers, a client, ExecuTorch, torch) lies
+  in its declared range AND every target's code has a fingerprint the patch was written for. In range with other
+  code: not applied, warned once, reported ``skipped-drift`` (never a silent no-op).
+- What gets installed is the plain function (or class) the patch built, never a proxy, so every tracer sees it.
+- ``apply`` is idempotent; ``revert`` puts back the very original objects (identity), or deletes what the patch
+  added, but never over a replacement somebody else installed after us (that is reported, and left alone).
 - A patch that fails half-way is rolled back (undo steps run in reverse) and reported as failed.
 - All state changes hold one re-entrant lock, so concurrent apply/revert leave a consistent state.
-- ``GEMMA3N_EXPORT_FIXES_DISABLE`` leaves the patches it names out of the automatic run (the import hook);
-  they are reported ``disabled``. An explicit ``apply`` does what it is asked.
-- Each patch targets one module (:attr:`Patch.module`: Gemma 3n's modelling code, transformers' ExecuTorch
-  recipe, or a client's module such as optimum-executorch's) and declares its range on the package that ships
-  it (:attr:`Patch.distribution`); a patch whose package is not installed stays pending and imports nothing.
-  Given a module (the import hook), ``apply`` handles only the patches on that module; without one, it imports
-  the module of every selected patch.
+- Scopes (:class:`~gemma3n_export_fixes.plugin.patch.Scope`): ``import`` patches are applied by the import hook
+  when their module is imported (and by ``apply()``); ``export`` patches (the toolchain's) only inside
+  ``patched(scope=Scope.EXPORT)``, which the export tool runs its trace and lowering in. ``assess`` says, without
+  installing anything, what applying would do (``status`` shows it for the export patches: ``ready``).
+- ``GEMMA3N_EXPORT_FIXES_DISABLE`` leaves the patches it names out of every automatic run (the import hook, and
+  the export's ``patched(..., automatic=True)``); they are reported ``disabled``. An explicit ``apply`` does what
+  it is asked.
+- Each target lies in one module (the patch's :attr:`~Patch.module` unless the target names its own); a patch
+  whose package is not installed, or one of whose modules does not import, stays pending and is reported so.
 - A target module is always imported through ``importlib.import_module`` and never under the lock: a
   thread importing it runs the post-import hook, which takes the lock (holding it while importing would
   deadlock), and a module another thread is still importing sits half-built in ``sys.modules``
   (``import_module`` waits for it; ``sys.modules.get`` would return it and its fingerprints would "drift").
 - Nothing here raises into the import hook's caller: the hook catches, records and warns.
+
+This module holds no registry (the process-wide engine is :data:`gemma3n_export_fixes.plugin.api.ENGINE`): the
+patches import nothing of the engine, so the plugin has no import circle.
 """
 
 from __future__ import annotations
@@ -37,8 +42,8 @@ from typing import Any
 
 from gemma3n_export_fixes import _env
 from gemma3n_export_fixes.plugin.fingerprint import fingerprint
-from gemma3n_export_fixes.plugin.patch import Function, Patch
-from gemma3n_export_fixes.plugin.patches import REGISTRY
+from gemma3n_export_fixes.plugin.patch import Function, Patch, Scope, Target
+from gemma3n_export_fixes.versions import installed_version
 
 MARKER = "__gemma3n_export_fixes__"
 
@@ -49,6 +54,7 @@ class Gemma3nExportFixesWarning(UserWarning):
 
 class State(str, Enum):
     PENDING = "pending"
+    READY = "ready"
     APPLIED = "applied"
     NOT_NEEDED = "not-needed"
     DISABLED = "disabled"
@@ -70,6 +76,8 @@ class PatchStatus:
     needed_on: str
     changes_eager_numerics: bool
     upstream: str
+    scope: str = Scope.IMPORT.value
+    kind: str = "fix"
     fingerprints: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -85,6 +93,8 @@ class PatchStatus:
             "distribution": self.distribution,
             "version": self.version,
             "needed_on": self.needed_on,
+            "scope": self.scope,
+            "kind": self.kind,
             "changes_eager_numerics": self.changes_eager_numerics,
             "upstream": self.upstream,
             "fingerprints": dict(self.fingerprints),
@@ -93,17 +103,19 @@ class PatchStatus:
 
 @dataclass
 class _Installed:
+    module: ModuleType
     owner: Any
     name: str
-    original: Function
-    replacement: Function
+    original: Any  # None where the patch added the attribute
+    replacement: Any
+    added: bool = False
 
 
 @dataclass
 class _Record:
     state: State
     reason: str
-    module: ModuleType | None = None
+    modules: dict[str, ModuleType] = field(default_factory=dict)
     version: str | None = None
     fingerprints: dict[str, str] = field(default_factory=dict)
     installed: list[_Installed] = field(default_factory=list)
@@ -113,20 +125,15 @@ class _Drift(Exception):
     """A target's code is not the code the patch was written for."""
 
 
-def _transformers_version() -> str:
-    import transformers
-
-    return str(transformers.__version__)
-
-
-def installed_version(distribution: str) -> str | None:
-    """The version of ``distribution`` in this process: transformers from the imported module (what runs, even
-    from a ``PYTHONPATH`` tree), any other from its installed metadata; ``None`` when it is not installed."""
-    if distribution == "transformers":
-        return _transformers_version()
-    from gemma3n_export_fixes.versions import distribution_version
-
-    return distribution_version(distribution)
+def _owner(module: ModuleType, path: str) -> tuple[Any, str]:
+    *owner_path, name = path.split(".")
+    owner: Any = module
+    try:
+        for part in owner_path:
+            owner = getattr(owner, part)
+    except AttributeError as exc:
+        raise _Drift(f"{path} not found in this release ({exc})") from exc
+    return owner, name
 
 
 def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
@@ -135,13 +142,7 @@ def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
     A target the class only inherits is drift: replacing it on the class that defines it would patch every
     subclass of that base (``nn.Module.train``), and on the named class it would shadow the base's function.
     """
-    *owner_path, name = path.split(".")
-    owner: Any = module
-    try:
-        for part in owner_path:
-            owner = getattr(owner, part)
-    except AttributeError as exc:
-        raise _Drift(f"{path} not found in this release ({exc})") from exc
+    owner, name = _owner(module, path)
     try:
         return owner, name, vars(owner)[name]
     except (KeyError, TypeError) as exc:
@@ -149,7 +150,8 @@ def _resolve(module: ModuleType, path: str) -> tuple[Any, str, Function]:
         raise _Drift(f"{path}: not defined by {where} itself in this release") from exc
 
 
-#: Client modules that failed to import in this process (module -> the error): their patches stay pending.
+#: Modules of clients and toolchains that failed to import in this process (module -> the error): their
+#: patches stay pending.
 UNIMPORTABLE: dict[str, str] = {}
 
 
@@ -160,20 +162,21 @@ def import_targets(patches: Iterable[Patch], given: ModuleType | None = None) ->
         return {given.__name__: given}
     modules = {}
     for patch in patches:
-        if patch.module in modules or patch.module in UNIMPORTABLE:
-            continue
-        if patch.is_transformers_patch:
-            modules[patch.module] = importlib.import_module(patch.module)
-        elif installed_version(patch.distribution) is not None:
-            try:  # a client's module may not import on this transformers (its own defect, loud where it is used)
-                modules[patch.module] = importlib.import_module(patch.module)
-            except ImportError as exc:
-                UNIMPORTABLE[patch.module] = f"{type(exc).__name__}: {exc}"
+        for name in patch.modules:
+            if name in modules or name in UNIMPORTABLE:
+                continue
+            if patch.is_transformers_patch and patch.scope is Scope.IMPORT:
+                modules[name] = importlib.import_module(name)
+            elif installed_version(patch.distribution) is not None:
+                try:  # a client's module may not import on this transformers (its own defect, loud where it is used)
+                    modules[name] = importlib.import_module(name)
+                except ImportError as exc:
+                    UNIMPORTABLE[name] = f"{type(exc).__name__}: {exc}"
     return modules
 
 
 class Engine:
-    """Applies and reverts a registry of patches on transformers' modules (each patch names its own)."""
+    """Applies and reverts a registry of patches on other packages' modules (each patch names its own)."""
 
     def __init__(self, registry: Iterable[Patch]) -> None:
         self.registry = tuple(registry)
@@ -182,9 +185,10 @@ class Engine:
         self._warned: set[tuple[str, str]] = set()
 
     # -- selection -----------------------------------------------------------------------------
-    def _select(self, ids: Iterable[str] | None) -> list[Patch]:
+    def _select(self, ids: Iterable[str] | None, scope: Scope | None = Scope.IMPORT) -> list[Patch]:
+        """The patches named (any scope), or without names every patch of ``scope`` (``None``: all)."""
         if ids is None:
-            return list(self.registry)
+            return [p for p in self.registry if scope is None or p.scope is scope]
         wanted = set(ids)
         unknown = wanted - {p.id for p in self.registry}
         if unknown:
@@ -197,48 +201,66 @@ class Engine:
 
     # -- apply ---------------------------------------------------------------------------------
     def apply(
-        self, module: ModuleType | None = None, ids: Iterable[str] | None = None, automatic: bool = False
+        self,
+        module: ModuleType | None = None,
+        ids: Iterable[str] | None = None,
+        automatic: bool = False,
+        scope: Scope = Scope.IMPORT,
     ) -> list[PatchStatus]:
-        """Apply every selected patch this release needs; returns the status of each selected patch.
+        """Apply every selected patch its release needs; returns the status of each selected patch.
 
-        ``module``: apply only the patches on it (the import hook passes the module just imported).
-        ``automatic`` (the import hook): patches named by ``GEMMA3N_EXPORT_FIXES_DISABLE`` are left out.
+        ``module``: apply only the import-scope patches on it (the import hook passes the module just imported).
+        ``automatic`` (the import hook, an export): patches named by ``GEMMA3N_EXPORT_FIXES_DISABLE`` are left out.
+        ``scope``: which patches ``ids=None`` selects.
         """
-        modules = import_targets(self._select(ids), module)  # never under the lock (see the module docstring)
-        return self._apply(modules, ids, automatic)
+        selected = self._select(ids, scope)
+        if module is not None:
+            selected = [p for p in selected if p.scope is Scope.IMPORT and p.module == module.__name__]
+        modules = import_targets(selected, module)  # never under the lock (see the module docstring)
+        return self._apply(modules, selected, automatic)
 
-    def _apply(self, modules: dict[str, ModuleType], ids: Iterable[str] | None, automatic: bool) -> list[PatchStatus]:
-        disabled = _env.disabled_patches() if automatic else frozenset()
+    def _apply(self, modules: dict[str, ModuleType], selected: list[Patch], automatic: bool) -> list[PatchStatus]:
+        disabled = self._disabled_ids() if automatic else frozenset()
         with self._lock:
-            selected = self._select(ids)
             for patch in selected:
-                module = modules.get(patch.module)
-                if module is None:
+                present = {name: modules[name] for name in patch.modules if name in modules}
+                if len(present) < len(patch.modules):
                     continue
                 version = installed_version(patch.distribution) or "0"
                 record = self._records.get(patch.id)
-                if record and record.state is State.APPLIED and self._intact(record, module):
+                if record and record.state is State.APPLIED and self._intact(record, present):
                     continue
                 if patch.id in disabled:
                     if record is None or record.state is not State.APPLIED:
-                        self._records[patch.id] = _Record(
-                            State.DISABLED,
-                            f"disabled: {_env.DISABLE_VAR} names it ({patch.distribution} {version}: "
-                            f"{'needs it' if patch.needed_by(version) else 'does not need it'})",
-                            module=module, version=version,
-                        )  # fmt: skip
+                        self._records[patch.id] = self._disabled(patch, present, version)
                     continue
-                self._records[patch.id] = self._apply_one(patch, module, version)
+                self._records[patch.id] = self._apply_one(patch, present, version)
             return [self._status(p) for p in selected]
 
+    def _disabled_ids(self) -> frozenset[str]:
+        """What an automatic run leaves out: the patches ``GEMMA3N_EXPORT_FIXES_DISABLE`` names, or every patch
+        while ``GEMMA3N_EXPORT_FIXES=0`` (then only an export's toolchain patches get this far)."""
+        return frozenset(p.id for p in self.registry) if _env.disabled_by_env() else _env.disabled_patches()
+
+    @staticmethod
+    def _disabled(patch: Patch, modules: dict[str, ModuleType], version: str) -> _Record:
+        needs = "needs it" if patch.needed_by(version) else "does not need it"
+        why = f"{_env.ENV_VAR} turns the patching off" if _env.disabled_by_env() else f"{_env.DISABLE_VAR} names it"
+        reason = f"disabled: {why} ({patch.distribution} {version}: {needs})"
+        return _Record(State.DISABLED, reason, modules=modules, version=version)
+
     @contextmanager
-    def patched(self, ids: Iterable[str] | None = None) -> Iterator[list[PatchStatus]]:
-        """Run the block with the patches applied; on exit, reverts those that were not applied before."""
-        ids = None if ids is None else list(ids)
-        modules = import_targets(self._select(ids))  # never under the lock
+    def patched(
+        self, ids: Iterable[str] | None = None, scope: Scope = Scope.IMPORT, automatic: bool = False
+    ) -> Iterator[list[PatchStatus]]:
+        """Run the block with the patches applied (``ids``, or every patch of ``scope``); on exit, reverts those
+        that were not applied before. ``automatic``: honour ``GEMMA3N_EXPORT_FIXES_DISABLE`` (what ``export``
+        does for the toolchain patches). Yields the statuses as applied (what an export records)."""
+        selected = self._select(None if ids is None else list(ids), scope)
+        modules = import_targets(selected)  # never under the lock
         with self._lock:
             was_applied = self.applied_ids()
-            statuses = self._apply(modules, ids, automatic=False)
+            statuses = self._apply(modules, selected, automatic)
         try:
             yield statuses
         finally:
@@ -259,27 +281,19 @@ class Engine:
             if was_applied:
                 self.apply(ids=was_applied)
 
-    def _apply_one(self, patch: Patch, module: ModuleType, version: str) -> _Record:
-        record = _Record(State.PENDING, "", module=module, version=version)
-        package = patch.distribution
-        if not patch.needed_by(version):
-            record.state = State.NOT_NEEDED
-            record.reason = f"not needed: {package} {version} is outside {patch.needed_on} ({patch.upstream})"
+    def _apply_one(self, patch: Patch, modules: dict[str, ModuleType], version: str) -> _Record:
+        record, originals = self._decide(patch, modules, version)
+        if record.state is not State.READY:
+            if record.state is State.SKIPPED:
+                self._warn(patch, record.reason)
             return record
         try:
-            originals = self._check_targets(patch, module, record)
-        except _Drift as exc:
-            record.state = State.SKIPPED
-            record.reason = f"skipped: {exc}; {package} {version} should need it ({patch.needed_on})"
-            self._warn(patch, record.reason)
-            return record
-        try:
-            replacements = patch.build({path: originals[path][2] for path in originals})
+            replacements = patch.build({path: original for path, (_, _, _, original) in originals.items()})
             for path, replacement in replacements.items():
-                owner, name, original = originals[path]
+                module, owner, name, original = originals[path]
                 setattr(replacement, MARKER, patch.id)
                 setattr(owner, name, replacement)
-                record.installed.append(_Installed(owner, name, original, replacement))
+                record.installed.append(_Installed(module, owner, name, original, replacement, original is None))
         except Exception as exc:
             problems = self._undo(record)
             record.state = State.FAILED
@@ -287,57 +301,119 @@ class Engine:
             self._warn(patch, record.reason)
             return record
         record.state = State.APPLIED
-        record.reason = f"applied: {package} {version} is in {patch.needed_on} and the code matches"
+        record.reason = "applied" + record.reason.removeprefix("ready")
+        return record
+
+    def _decide(
+        self, patch: Patch, modules: dict[str, ModuleType], version: str
+    ) -> tuple[_Record, dict[str, tuple[ModuleType, Any, str, Any]]]:
+        """What applying ``patch`` would do, installing nothing: ``ready`` (range and code match), ``not-needed``
+        or ``skipped-drift``, with the reason and the fingerprints found; and, when ready, the targets to replace
+        (see :meth:`_check_targets`)."""
+        record = _Record(State.READY, "", modules=modules, version=version)
+        package = patch.distribution
+        if not patch.needed_by(version):
+            record.state = State.NOT_NEEDED
+            record.reason = f"not needed: {package} {version} is outside {patch.needed_on} ({patch.upstream})"
+            return record, {}
+        try:
+            originals = self._check_targets(patch, modules, record)
+        except _Drift as exc:
+            record.state = State.SKIPPED
+            record.reason = f"skipped: {exc}; {package} {version} should need it ({patch.needed_on})"
+            return record, {}
+        record.reason = f"ready: {package} {version} is in {patch.needed_on} and the code matches"
         if patch.beyond_verified(version):
             record.reason += (
                 f" (newer than the newest release checked, {patch.verified_through}: the fingerprints decided)"
             )
+        if patch.scope is Scope.EXPORT:
+            record.reason += "; in place only while an export traces and lowers"
         if patch.changes_eager_numerics and patch.notes:
             record.reason += f"; {patch.notes[0]}"
-        return record
+        return record, originals
 
-    def _check_targets(self, patch: Patch, module: ModuleType, record: _Record) -> dict[str, tuple[Any, str, Function]]:
-        originals: dict[str, tuple[Any, str, Function]] = {}
+    def _check_targets(
+        self, patch: Patch, modules: dict[str, ModuleType], record: _Record
+    ) -> dict[str, tuple[ModuleType, Any, str, Any]]:
+        """Each replaced target's (module, owner, name, original object; ``None`` for an added attribute), after
+        checking every target's code; ``_Drift`` when one is not what the patch was written for."""
+        originals: dict[str, tuple[ModuleType, Any, str, Any]] = {}
         for target in patch.targets:
+            module = modules[target.module or patch.module]
+            if target.adds:
+                owner, name = _owner(module, target.path)
+                if name in vars(owner):
+                    raise _Drift(f"{target.path} is defined in this release (the patch adds it)")
+                originals[target.path] = (module, owner, name, None)
+                continue
             owner, name, original = _resolve(module, target.path)
-            if getattr(original, MARKER, None) is not None:
-                raise _Drift(f"{target.path} already holds a gemma3n-export-fixes function from another engine")
-            try:
-                found = fingerprint(original)
-            except (OSError, TypeError, SyntaxError, ValueError) as exc:
-                raise _Drift(f"{target.path}: source unavailable for fingerprinting ({exc})") from exc
-            record.fingerprints[target.path] = found
-            if found not in target.fingerprints:
-                raise _Drift(
-                    f"{target.path} has code (fingerprint {found}) this patch was not written for "
-                    f"(known: {', '.join(f'{fp} [{rel}]' for fp, rel in target.fingerprints.items())})"
-                )
+            record.fingerprints[target.path] = self._fingerprint(target, original)
             if target.replaced:
-                originals[target.path] = (owner, name, original)
+                originals[target.path] = (module, owner, name, original)
         return originals
 
     @staticmethod
-    def _intact(record: _Record, module: ModuleType) -> bool:
-        """Our functions are still where we put them, in the classes the module has now.
+    def _fingerprint(target: Target, original: Any) -> str:
+        if getattr(original, MARKER, None) is not None:
+            raise _Drift(f"{target.path} already holds a gemma3n-export-fixes function from another engine")
+        try:
+            found = fingerprint(original)
+        except (OSError, TypeError, SyntaxError, ValueError) as exc:
+            raise _Drift(f"{target.path}: source unavailable for fingerprinting ({exc})") from exc
+        if found not in target.fingerprints:
+            raise _Drift(
+                f"{target.path} has code (fingerprint {found}) this patch was not written for "
+                f"(known: {', '.join(f'{fp} [{rel}]' for fp, rel in target.fingerprints.items())})"
+            )
+        return found
+
+    @staticmethod
+    def _intact(record: _Record, modules: dict[str, ModuleType]) -> bool:
+        """Our objects are still where we put them, in the classes the modules have now.
 
         False after ``importlib.reload`` (new classes, no hook fires) or a foreign replacement.
         """
         for step in record.installed:
-            current = module if step.owner is module else getattr(module, step.owner.__name__, None)
+            current = step.module if step.owner is step.module else getattr(step.module, step.owner.__name__, None)
             if current is not step.owner or vars(step.owner).get(step.name) is not step.replacement:
                 return False
-        return record.module is module
+        return all(record.modules.get(name) is module for name, module in modules.items())
+
+    # -- assess --------------------------------------------------------------------------------
+    def assess(self, ids: Iterable[str] | None = None, scope: Scope = Scope.EXPORT) -> list[PatchStatus]:
+        """For each selected patch not applied now: what applying it would do here (``ready``, ``not-needed``,
+        ``skipped-drift``, ``disabled``, or ``pending`` while its modules do not import), recorded for ``status``;
+        nothing is installed. Imports the patches' modules (not under the lock)."""
+        selected = self._select(None if ids is None else list(ids), scope)
+        modules = import_targets(selected)
+        disabled = self._disabled_ids()
+        with self._lock:
+            for patch in selected:
+                record = self._records.get(patch.id)
+                present = {name: modules[name] for name in patch.modules if name in modules}
+                if (record and record.state is State.APPLIED) or len(present) < len(patch.modules):
+                    continue
+                version = installed_version(patch.distribution) or "0"
+                if patch.id in disabled:
+                    self._records[patch.id] = self._disabled(patch, present, version)
+                else:
+                    self._records[patch.id] = self._decide(patch, present, version)[0]
+            return [self._status(p) for p in selected]
 
     # -- revert --------------------------------------------------------------------------------
     def revert(self, ids: Iterable[str] | None = None) -> list[PatchStatus]:
-        """Put back the original objects of every selected applied patch."""
+        """Put back the original objects of every selected applied patch (any scope when ``ids`` is None)."""
         with self._lock:
-            selected = self._select(ids)
+            selected = self._select(ids, None)
             for patch in selected:
                 record = self._records.get(patch.id)
                 if record is None or record.state is not State.APPLIED:
                     continue
                 problems = self._undo(record)
+                if patch.scope is Scope.EXPORT and not problems:  # back to what it is outside an export
+                    record.state, record.reason = State.READY, "ready" + record.reason.removeprefix("applied")
+                    continue
                 record.state = State.REVERTED
                 record.reason = "reverted: the upstream code is back" + "".join(f"; {p}" for p in problems)
             return [self._status(p) for p in selected]
@@ -348,19 +424,21 @@ class Engine:
         while record.installed:
             step = record.installed.pop()
             current = vars(step.owner).get(step.name)
-            if current is step.replacement:
-                setattr(step.owner, step.name, step.original)
-            else:
+            if current is not step.replacement:
                 problems.append(
                     f"{step.owner.__name__}.{step.name} was replaced by someone else after us; left as it is"
                 )
+            elif step.added:
+                delattr(step.owner, step.name)
+            else:
+                setattr(step.owner, step.name, step.original)
         return problems
 
     # -- status --------------------------------------------------------------------------------
     def status(self, ids: Iterable[str] | None = None) -> list[PatchStatus]:
-        """The status of each selected patch, without importing anything."""
+        """The status of each selected patch (every scope unless named), without importing anything."""
         with self._lock:
-            return [self._status(p) for p in self._select(ids)]
+            return [self._status(p) for p in self._select(ids, None)]
 
     def _status(self, patch: Patch) -> PatchStatus:
         record = self._records.get(patch.id)
@@ -376,17 +454,23 @@ class Engine:
             needed_on=str(patch.needed_on),
             changes_eager_numerics=patch.changes_eager_numerics,
             upstream=patch.upstream,
+            scope=patch.scope.value,
+            kind=patch.kind.value,
             fingerprints=dict(record.fingerprints),
         )
 
     @staticmethod
+    @staticmethod
     def _pending_reason(patch: Patch) -> str:
-        if _env.disabled_by_env():
+        if _env.disabled_by_env() and patch.scope is Scope.IMPORT:
             return f"pending: {_env.ENV_VAR} turns the automatic patching off in this process (apply() still works)"
         if not patch.is_transformers_patch and installed_version(patch.distribution) is None:
             return f"pending: {patch.distribution} is not installed (the patch applies when {patch.module} is imported)"
-        if patch.module in UNIMPORTABLE:
-            return f"pending: {patch.module} does not import here ({UNIMPORTABLE[patch.module]})"
+        unimportable = [name for name in patch.modules if name in UNIMPORTABLE]
+        if unimportable:
+            return f"pending: {unimportable[0]} does not import here ({UNIMPORTABLE[unimportable[0]]})"
+        if patch.scope is Scope.EXPORT:
+            return "pending: in place only while an export traces and lowers (`status` says whether it would apply)"
         return f"pending: {patch.module} has not been imported in this process"
 
     def _warn(self, patch: Patch, reason: str) -> None:
@@ -395,7 +479,3 @@ class Engine:
             return
         self._warned.add(key)
         warnings.warn(f"gemma3n-export-fixes: {patch.id}: {reason}", Gemma3nExportFixesWarning, stacklevel=3)
-
-
-#: The process-wide engine: the import hook and the public API share it.
-ENGINE = Engine(REGISTRY)

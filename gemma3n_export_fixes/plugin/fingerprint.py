@@ -63,6 +63,22 @@ def module_fingerprint(source: str) -> str:
     return hashlib.sha256(_canon(tree).encode()).hexdigest()
 
 
-def fingerprint(func: Callable[..., Any]) -> str:
-    """Fingerprint of a function object, following ``__wrapped__`` to the decorated source."""
+def class_fingerprint(source: str) -> str:
+    """Fingerprint of the first class definition in ``source`` (any indentation): its whole body, every
+    docstring in it left out."""
+    tree = ast.parse(textwrap.dedent(source))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    _strip_docstring(inner)
+            return hashlib.sha256(_canon(node).encode()).hexdigest()[:16]
+    raise ValueError("no class definition in source")
+
+
+def fingerprint(func: Callable[..., Any] | type) -> str:
+    """Fingerprint of a function object (following ``__wrapped__`` to the decorated source, and a classmethod or
+    staticmethod to its function), or of a whole class."""
+    if isinstance(func, type):
+        return class_fingerprint(inspect.getsource(func))
     return source_fingerprint(inspect.getsource(inspect.unwrap(func)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from gemma3n_export_fixes.plugin import WATCHED_MODULES
+from gemma3n_export_fixes.plugin.modules import WATCHED_MODULES
 
 _registered = False
 
@@ -18,7 +18,7 @@ _registered = False
 def _on_import(module: ModuleType) -> None:
     """Post-import hook: apply what this release needs. Never raises into the importer."""
     try:
-        from gemma3n_export_fixes.plugin.engine import ENGINE
+        from gemma3n_export_fixes.plugin.api import ENGINE
 
         ENGINE.apply(module, automatic=True)
     except Exception as exc:

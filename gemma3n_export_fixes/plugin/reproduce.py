@@ -21,8 +21,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m gemma3n_export_fixes.plugin.reproduce upstream|patched", file=sys.stderr)
         return 2
     warnings.simplefilter("ignore")
-    from gemma3n_export_fixes.plugin.engine import ENGINE
-    from gemma3n_export_fixes.plugin.patches import REGISTRY
+    from gemma3n_export_fixes.plugin.api import ENGINE
 
     if mode == "patched":
         ENGINE.apply(automatic=True)  # what an export script gets (GEMMA3N_EXPORT_FIXES_DISABLE honoured)
@@ -30,9 +29,10 @@ def main(argv: list[str]) -> int:
         print("upstream mode needs GEMMA3N_EXPORT_FIXES=0 (a patch is applied)", file=sys.stderr)
         return 2
     results = []
-    for patch in REGISTRY:
+    for patch in (p for p in ENGINE.registry if p.reproduce is not None):
         start = time.perf_counter()
-        outcome = patch.reproduce()
+        with ENGINE.patched(patch.reproduce_with):  # what the reproducer needs fixed so that only its bug shows
+            outcome = patch.reproduce()
         results.append(
             {
                 "id": patch.id,

@@ -24,7 +24,7 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.plugin import OPTIMUM_KV_CACHE_MODULE
+from gemma3n_export_fixes.plugin.modules import OPTIMUM_KV_CACHE_MODULE
 from gemma3n_export_fixes.plugin.patch import Function, Patch, Reproduction, Target
 
 PATH = "replace_with_et_custom_kv_cache"
@@ -58,7 +58,7 @@ def reproduce() -> Reproduction:
     Fixed: refused up front with the reason. Upstream: it goes ahead, and the ``ETCustomHybridCache`` it builds
     has fewer layer caches than the model has layers (the KV-shared ones are missing).
     """
-    from gemma3n_export_fixes.plugin.engine import installed_version
+    from gemma3n_export_fixes.versions import installed_version
 
     if installed_version(DISTRIBUTION) is None:
         return Reproduction(False, f"{DISTRIBUTION} is not installed: nothing to reproduce")

@@ -27,7 +27,7 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.plugin import OPTIMUM_SDPA_MODULE
+from gemma3n_export_fixes.plugin.modules import OPTIMUM_SDPA_MODULE
 from gemma3n_export_fixes.plugin.patch import Function, Patch, Reproduction, Target
 
 PATH = "custom_sdpa_with_start_pos_forward"
@@ -84,7 +84,7 @@ def reproduce() -> Reproduction:
     name, with whatever function optimum's module holds now (patched or not). Upstream: the last 4 positions
     differ (the window is ignored). Fixed: equal to float rounding.
     """
-    from gemma3n_export_fixes.plugin.engine import installed_version
+    from gemma3n_export_fixes.versions import installed_version
 
     if installed_version(DISTRIBUTION) is None:
         return Reproduction(False, f"{DISTRIBUTION} is not installed: nothing to reproduce")

@@ -21,7 +21,7 @@ from typing import Any
 
 from packaging.specifiers import SpecifierSet
 
-from gemma3n_export_fixes.plugin import RECIPE_MODULE
+from gemma3n_export_fixes.plugin.modules import RECIPE_MODULE
 from gemma3n_export_fixes.plugin.patch import Function, Patch, Reproduction, Target
 
 PATH = "sdpa_mask_without_vmap"
