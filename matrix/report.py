@@ -118,6 +118,29 @@ def kv_verdict(found: list[tuple[Row, dict[str, Any]]]) -> str:
     return text
 
 
+def _toolchain_patches() -> list[Any]:
+    """The export-scope patches (ExecuTorch, torch): judged by the rows that vary those."""
+    from gemma3n_export_fixes.plugin.patch import Scope
+    from gemma3n_export_fixes.plugin.patches import REGISTRY
+
+    return [p for p in REGISTRY if p.scope is Scope.EXPORT]
+
+
+def toolchain_verdict(patch: Any, found: list[tuple[Row, dict[str, Any]]]) -> str:
+    """Per release of the patch's distribution (the grid's executorch / torch): its state in check's record, and
+    whether that row's exports (which ran with it) validated; "drop once" where it is no longer needed."""
+    states: dict[str, set[str]] = {}
+    for row, result in found:
+        for p in result["patches"]:
+            if p["id"] == patch.id:
+                ok = "validated" if result.get("exports") and all(e.get("ok") for e in result["exports"]) else "FAILED"
+                states.setdefault(str(row[patch.distribution]), set()).add(f"{p['state']}, exports {ok}")
+    if not states:
+        return "no evidence yet (no stored result lists it: re-run the grid)"
+    seen = "; ".join(f"{patch.distribution} {v}: {' / '.join(sorted(s))}" for v, s in sorted(states.items()))
+    return f"{patch.kind.value}, needed on {patch.distribution} {patch.needed_on}: {seen}"
+
+
 def verdict(patch: Any, found: list[tuple[Row, dict[str, Any]]]) -> str:
     bugs = upstream_bug_by_release(patch.id, found)
     if not bugs:
@@ -219,6 +242,13 @@ def markdown(rows: list[Row]) -> str:
     ]
     lines += [f"- **{p.id}**: {verdict(p, found)} ({_upstream_link(p)})" for p in patches]
     lines += [f"- **kv-cache**: {kv_verdict(found)} (rows whose check covered it)"]
+    lines += [
+        "",
+        "Toolchain patches (export scope: in place only while `export` traces and lowers; judged on the "
+        "ExecuTorch and torch the rows pin):",
+        "",
+    ]
+    lines += [f"- **{p.id}**: {toolchain_verdict(p, found)} ({p.upstream})" for p in _toolchain_patches()]
     problems = disagreements(found) + kv_disagreements(found)
     lines += ["", "Registry vs evidence: " + ("agree on every row." if not problems else "DISAGREE:")]
     lines += [f"- {problem}" for problem in problems]

@@ -32,7 +32,10 @@ from typing import Any
 from gemma3n_export_fixes.errors import UserError, first_line, require
 
 Say = Callable[[str], None]
-GOOD_VERDICTS = ("fixed", "not-needed")
+GOOD_VERDICTS = ("fixed", "not-needed", "applies", "disabled")
+#: A toolchain patch's verdict from its state (no reproducer: the exports are its evidence); any other state
+#: (``skipped-drift``, ``pending``, ``failed``) is its own verdict, and not a good one.
+TOOLCHAIN_VERDICTS = {"ready": "applies", "applied": "applies", "not-needed": "not-needed", "disabled": "disabled"}
 
 
 def _job_env(jobs: int) -> dict[str, str]:
@@ -72,10 +75,17 @@ def verdict(state: str, upstream_bug: bool, patched_bug: bool) -> str:
 def _patch_rows(
     statuses: list[dict[str, Any]], upstream: list[dict[str, Any]], patched: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
-    """One row per patch: its state, both reproducer outcomes, the verdict."""
+    """One row per patch: its state, both reproducer outcomes, the verdict. A toolchain (export-scope) patch has no
+    reproducer: its evidence is the exports below, whose records list it applied; its verdict is its state here
+    (``applies`` where it is ready; a drift fails the check as a model patch's does)."""
     ups, fixes = {r["id"]: r for r in upstream}, {r["id"]: r for r in patched}
     rows = []
     for status in statuses:
+        if status.get("scope") == "export":
+            judged = TOOLCHAIN_VERDICTS.get(status["state"], status["state"])
+            keys = ("id", "state", "reason", "needed_on", "scope", "kind")
+            rows.append({key: status[key] for key in keys} | {"upstream": None, "patched": None, "verdict": judged})
+            continue
         up, fixed = ups[status["id"]], fixes[status["id"]]
         rows.append(
             {
@@ -276,11 +286,14 @@ def run_check(say: Say = print, keep: Path | None = None, jobs: int | None = Non
 
 def print_summary(record: dict[str, Any], say: Say = print) -> None:
     say("")
-    say(f"{'patch':<25}{'state':<15}{'upstream':<28}{'patched':<12}verdict")
+    say(f"{'patch':<31}{'state':<15}{'upstream':<28}{'patched':<12}verdict")
     for p in record["patches"]:
         up = p["upstream"]
+        if up is None:  # a toolchain patch: no reproducer (see _patch_rows)
+            say(f"{p['id']:<31}{p['state']:<15}{'(export scope)':<28}{'':<12}{p['verdict']}")
+            continue
         shown = f"bug ({up['error']})" if up["bug"] else "no bug"
-        say(f"{p['id']:<25}{p['state']:<15}{shown[:27]:<28}{'bug' if p['patched']['bug'] else 'no bug':<12}"
+        say(f"{p['id']:<31}{p['state']:<15}{shown[:27]:<28}{'bug' if p['patched']['bug'] else 'no bug':<12}"
             f"{p['verdict']}")  # fmt: skip
     say("")
     say(f"{'export':<13}{'result':<13}{'max abs diff':<14}{'top-1':<8}{'MB':<7}stages (s)")
