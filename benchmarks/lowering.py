@@ -1,10 +1,10 @@
-"""XNNPACK lowering with and without what `export/xnnpack_forms.py` and `export/lowering.py` change, on tiny.
+"""XNNPACK lowering with and without the registry's toolchain patches (the XNNPACK forms, the shortcuts), on tiny.
 
     python benchmarks/lowering.py [--only fixed|kv] [--settings upstream,forms,forms+shortcuts] [--json FILE]
 
 For each program (fixed window float32; KV cache 128, 8da4w + 4w) and each setting (`upstream`: neither;
-`forms`: the graph rewrites, GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS; `forms+shortcuts`: and the four shortcuts of
-`export/lowering.py`, GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS), one `export` (its own process,
+`forms`: the `xnnpack-forms` patch; `forms+shortcuts`: and every shortcut of the registry (kind `shortcut`);
+the others are left out by GEMMA3N_EXPORT_FIXES_DISABLE), one `export` (its own process,
 PYTHONHASHSEED=0 so that XNNPACK's lowering is byte-stable) and one `validate --json`: lowering seconds, XNNPACK
 partitions, CPU seconds of the export process, the `.pte`'s sha256 (the shortcuts must not change it),
 validation max abs diff and top-1. One run each on a 2-core machine: the ratios are the figures, not the
@@ -23,6 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from gemma3n_export_fixes.plugin.patch import Kind, Scope
+from gemma3n_export_fixes.plugin.patches import REGISTRY
 from gemma3n_export_fixes.pte import sidecar_path
 
 CLI = [sys.executable, "-m", "gemma3n_export_fixes.cli"]
@@ -32,14 +34,14 @@ PROGRAMS = {
 }
 
 
-SETTINGS = {"upstream": ("0", "0"), "forms": ("1", "0"), "forms+shortcuts": ("1", "1")}
+SHORTCUTS = [p.id for p in REGISTRY if p.scope is Scope.EXPORT and p.kind is Kind.SHORTCUT]
+#: setting -> the toolchain patches it leaves out (GEMMA3N_EXPORT_FIXES_DISABLE)
+SETTINGS = {"upstream": ["xnnpack-forms", *SHORTCUTS], "forms": SHORTCUTS, "forms+shortcuts": []}
 
 
 def one(name: str, setting: str, workdir: Path) -> dict[str, object]:
     pte = workdir / f"{name}-{setting}.pte"
-    forms, shortcuts = SETTINGS[setting]
-    env = {**os.environ, "GEMMA3N_EXPORT_FIXES_XNNPACK_FORMS": forms, "PYTHONHASHSEED": "0",
-           "GEMMA3N_EXPORT_FIXES_LOWERING_SHORTCUTS": shortcuts}  # fmt: skip
+    env = {**os.environ, "GEMMA3N_EXPORT_FIXES_DISABLE": ",".join(SETTINGS[setting]), "PYTHONHASHSEED": "0"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     args = [*CLI, "export", "--model", "tiny", "--recipe", "xnnpack", *PROGRAMS[name], "--out", str(pte)]
     subprocess.run(args, env=env, check=True, stdout=subprocess.DEVNULL)
