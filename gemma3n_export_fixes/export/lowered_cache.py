@@ -29,10 +29,9 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from gemma3n_export_fixes.export.program import Lowered, StageTimer, Traced
+from gemma3n_export_fixes.export.stages import Lowered, Traced
 
 ENV_VAR = "GEMMA3N_EXPORT_FIXES_LOWERED_CACHE"
 _META_KEYS = ("nn_module_stack", "source_fn_stack", "torch_fn")
@@ -133,7 +132,7 @@ def program_key(exported: Any, lowering: dict[str, Any], methods: dict[str, Any]
     return h.hexdigest()
 
 
-Lower = Callable[["Traced", Any, frozenset[str], "StageTimer"], "Lowered"]
+Lower = Callable[[Traced, Any, frozenset[str], Any], Lowered]  # (traced, options, applied ids, stage timer)
 
 
 def cached(lower: Lower) -> Lower:
@@ -141,9 +140,7 @@ def cached(lower: Lower) -> Lower:
     if cache_dir() is None:
         return lower
 
-    def lower_or_reuse(traced: Traced, options: Any, applied: frozenset[str], timer: StageTimer) -> Lowered:
-        from gemma3n_export_fixes.export.program import Lowered
-
+    def lower_or_reuse(traced: Traced, options: Any, applied: frozenset[str], timer: Any) -> Lowered:
         how = {"options": options.describe(), "patches": sorted(applied)}
         key = program_key(traced.exported, how, traced.methods)
         hit = lookup(key)

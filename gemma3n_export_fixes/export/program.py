@@ -17,7 +17,6 @@ exporting process and the weight bytes before (float) and after quantization (as
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from gemma3n_export_fixes.errors import require
 from gemma3n_export_fixes.export.options import ExportOptions
 from gemma3n_export_fixes.export.quant import quantize
+from gemma3n_export_fixes.export.stages import Lowered, Traced
 from gemma3n_export_fixes.export.writing import AtomicFiles, check_out_path
 from gemma3n_export_fixes.models.sources import BUILTIN, torch_dtype
 from gemma3n_export_fixes.pte import RECORD_FORMAT, sidecar_path, tokenizer_path
@@ -93,31 +93,6 @@ class TextOnlyLogits:
                 return self.model(input_ids=input_ids, use_cache=False).logits
 
         return TextOnly(model).eval()
-
-
-@dataclass
-class Traced:
-    """What :func:`trace` hands to :func:`lower`: the exported program and the program's constant methods."""
-
-    exported: Any
-    methods: dict[str, Any]
-
-
-@dataclass
-class Lowered:
-    """A program ready to write: ``program`` (an ``ExecutorchProgramManager``) or ``cached`` (a stored ``.pte`` of
-    the same lowering, see :mod:`~gemma3n_export_fixes.export.lowered_cache`), and what the lowering did."""
-
-    program: Any = None
-    cached: Path | None = None
-    lowering: dict[str, Any] = field(default_factory=dict)
-
-    def write_to(self, handle: Any) -> None:
-        if self.cached is not None:
-            with open(self.cached, "rb") as source:
-                shutil.copyfileobj(source, handle, 1 << 22)
-        else:
-            self.program.write_to_file(handle)
 
 
 def trace(model: torch.nn.Module, config: dict[str, Any], options: ExportOptions, timer: StageTimer) -> Traced:

@@ -136,12 +136,17 @@ def reproduce() -> Reproduction:
     from transformers.models.gemma3n import modeling_gemma3n
 
     from gemma3n_export_fixes.models.tiny import tiny_text_config
-    from gemma3n_export_fixes.plugin.api import ENGINE
     from gemma3n_export_fixes.plugin.engine import MARKER
 
-    ids = ENGINE.applied_ids() - {PATCH_ID}
-    if getattr(vars(modeling_gemma3n.Gemma3nTextModel)["forward"], MARKER, None) == PATCH_ID:
-        ids.add(PATCH_ID)
+    # the patches in place here, by the marks the engine leaves on what it installed (the registry is not
+    # imported from a patch: that would be an import circle)
+    ids = {
+        mark
+        for cls in vars(modeling_gemma3n).values()
+        if isinstance(cls, type)
+        for value in vars(cls).values()
+        if isinstance(mark := getattr(value, MARKER, None), str)
+    }
     seed = other_seed(sys.executable, list(tiny_text_config().layer_types))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"GEMMA3N_EXPORT_FIXES": "0"}
     other = subprocess.Popen(
