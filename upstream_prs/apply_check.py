@@ -4,9 +4,11 @@ exercise the patched module in a fresh process with gemma3n-export-fixes turned 
     python -m upstream_prs.apply_check PATCH_FILE    -> JSON on stdout
 
 The patched ``modeling_gemma3n.py`` is imported under its real module name (so its relative imports
-resolve to the installed transformers); then a sparse ``Gemma3nTextMLP`` from it is exported (non-strict
-and strict) and lowered with ``to_edge``, and compared with the installed (upstream) class in float32,
-bfloat16 and float16.
+resolve to the installed transformers); then the unit the draft changes (named by the patch file,
+``0001-gemma3n-<patch id>.patch``) is exported (non-strict and strict) and lowered with ``to_edge``, and compared
+with the installed (upstream) class in float32, bfloat16 and float16: gaussian-topk, a sparse ``Gemma3nTextMLP``
+(its graph must have no ``erfinv``); rotary-order, a ``Gemma3nTextModel`` (its graph must be the same when the
+module's sets iterate in the other order, as under another hash seed).
 
 ``run_tester`` builds ``Gemma3nTextModel`` from the upstream ``Gemma3nTextModelTester``'s config, with or without
 the ``activation_sparsity_pattern`` the draft's test snippet gives the tester, and lowers it with ``to_edge``: what
@@ -30,9 +32,10 @@ REL = Path("src/transformers/models/gemma3n")
 
 PROBE = r"""
 import importlib.util, json, sys, warnings
+from unittest import mock
 warnings.simplefilter("ignore")
 import torch
-patched_file = sys.argv[1]
+patched_file, patch_id = sys.argv[1], sys.argv[2]
 import transformers.models.gemma3n.modeling_gemma3n as upstream
 spec = importlib.util.spec_from_file_location("transformers.models.gemma3n.modeling_gemma3n_pr", patched_file)
 patched = importlib.util.module_from_spec(spec)
@@ -42,28 +45,56 @@ from transformers import Gemma3nTextConfig
 config = Gemma3nTextConfig(vocab_size=64, vocab_size_per_layer_input=64, hidden_size=32, hidden_size_per_layer_input=8,
     intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
     laurel_rank=4, num_kv_shared_layers=0, layer_types=["sliding_attention", "full_attention"],
-    activation_sparsity_pattern=[0.95, 0.0])
+    activation_sparsity_pattern=[0.95, 0.0] if patch_id == "gaussian-topk" else [0.0, 0.0])
 out = {"hook_active": "gemma3n_export_fixes.plugin.engine" in sys.modules}
+
+
+class SetInOtherOrder(set):  # what another hash seed can give: the reverse of this process's order
+    def __iter__(self):
+        return reversed(list(super().__iter__()))
+
+
+if patch_id == "gaussian-topk":  # the unit the draft changes, its input, and what its graph must not have
+    build = lambda module: module.Gemma3nTextMLP(config, layer_idx=0).eval()
+    example = lambda dtype: (torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1)).to(dtype),)
+    export_inputs, kwargs = (torch.randn(1, 4, 32),), {}
+
+    def verdict(export):
+        ep = export()
+        return "erfinv" if any("erfinv" in str(n.target) for n in ep.graph.nodes) else "ok"
+else:  # rotary-order: the text model, whose graph must not follow the order a set iterates in
+    build = lambda module: module.Gemma3nTextModel(config).eval()
+    example = lambda dtype: (torch.randint(3, 64, (2, 7), generator=torch.Generator().manual_seed(1)),)
+    export_inputs = (torch.randint(3, 64, (1, 4), generator=torch.Generator().manual_seed(2)),)
+    kwargs = {"use_cache": False}
+
+    def verdict(export):
+        graph = export().graph_module.code
+        with mock.patch.object(patched, "set", SetInOtherOrder, create=True):
+            other = export().graph_module.code
+        return "ok" if graph == other else "depends on the set iteration order (the hash seed)"
 torch.manual_seed(0)
-new = patched.Gemma3nTextMLP(config, layer_idx=0).eval()
-old = upstream.Gemma3nTextMLP(config, layer_idx=0).eval()
+new = build(patched)
+old = build(upstream)
 old.load_state_dict(new.state_dict())
 for dtype in (torch.float32, torch.bfloat16, torch.float16):
-    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(1)).to(dtype)
+    x = example(dtype)
     with torch.no_grad():
-        diff = (new.to(dtype)(x).float() - old.to(dtype)(x).float()).abs().max().item()
-    out[f"max_abs_diff_{str(dtype).split('.')[-1]}"] = diff
+        a, b = new.to(dtype)(*x, **kwargs), old.to(dtype)(*x, **kwargs)
+    a, b = (getattr(r, "last_hidden_state", r) for r in (a, b))
+    out[f"max_abs_diff_{str(dtype).split('.')[-1]}"] = (a.float() - b.float()).abs().max().item()
 new = new.float()
-x = (torch.randn(1, 4, 32),)
 for strict in (False, True):
     try:
-        ep = torch.export.export(new, x, strict=strict)
-        out[f"export_strict_{strict}"] = "erfinv" if any("erfinv" in str(n.target) for n in ep.graph.nodes) else "ok"
+        with torch.no_grad():
+            out[f"export_strict_{strict}"] = verdict(
+                lambda: torch.export.export(new, export_inputs, kwargs, strict=strict))
     except Exception as exc:
         out[f"export_strict_{strict}"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 try:
     from executorch.exir import to_edge
-    to_edge(torch.export.export(new, x, strict=False)).to_executorch()
+    with torch.no_grad():
+        to_edge(torch.export.export(new, export_inputs, kwargs, strict=False)).to_executorch()
     out["to_edge"] = "ok"
 except Exception as exc:
     out["to_edge"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
@@ -210,7 +241,8 @@ def check(patch_file: Path) -> dict:
         target = apply_to_copy(patch_file, Path(tmp))
         env = {**os.environ, "GEMMA3N_EXPORT_FIXES": "0"}
         env.pop("PYTHONPATH", None)
-        proc = subprocess.run([sys.executable, "-c", PROBE, str(target / "modeling_gemma3n.py")],
+        patch_id = patch_file.name.removeprefix("0001-gemma3n-").removesuffix(".patch")
+        proc = subprocess.run([sys.executable, "-c", PROBE, str(target / "modeling_gemma3n.py"), patch_id],
                               capture_output=True, text=True, env=env, cwd=tmp)  # fmt: skip
         if proc.returncode != 0:
             raise RuntimeError(f"the patched module failed:\n{proc.stderr[-3000:]}")
