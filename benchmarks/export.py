@@ -78,16 +78,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for backend in ("portable", "xnnpack"):
             out = Path(tmp) / f"{backend}.pte"
-            record = export_pte(load_model("tiny"), out, ExportOptions(backend=backend))
+            record = export_pte(
+                load_model("tiny"),
+                out,
+                ExportOptions(recipe=backend, qlinear="none", qembedding="none", kv_cache=False),
+            )
             stages[backend] = record["seconds"]
             method = load_pte(out)
             runtime[backend] = median_ms(lambda m=method: m.execute([ids]), args.runs)
             sizes[f"{backend}/none"] = record["pte"]["bytes"]
             print(f"export {backend}: " + ", ".join(f"{k} {v:.1f} s" for k, v in record["seconds"].items()))
             print(f".pte forward {backend}: {runtime[backend]:.2f} ms = {runtime[backend] / eager:.2f} x eager")
-        for quant, embeddings in (("int8", "none"), ("none", "8w"), ("int8", "8w")):
+        for quant, embeddings in (("8w", "none"), ("none", "8w"), ("8w", "8w")):
             out = Path(tmp) / f"q-{quant}-{embeddings}.pte"
-            options = ExportOptions(backend="portable", quant=quant, quant_embeddings=embeddings)
+            options = ExportOptions(recipe="portable", qlinear=quant, qembedding=embeddings, kv_cache=False)
             record = export_pte(load_model("tiny"), out, options)
             sizes[f"portable/{quant}{'+emb' + embeddings if embeddings != 'none' else ''}"] = record["pte"]["bytes"]
     base = sizes["portable/none"]

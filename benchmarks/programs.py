@@ -24,7 +24,7 @@ OPTIONS: dict[str, list[str]] = {
     "fixed portable f32": ["--backend", "portable"],
     "fixed xnnpack f32": ["--backend", "xnnpack"],
     "fixed portable bf16": ["--backend", "portable", "--dtype", "bfloat16"],
-    "fixed portable int8": ["--backend", "portable", "--quant", "int8"],
+    "fixed portable 8w": ["--recipe", "portable", "--qlinear", "8w"],
     "fixed portable 8w emb": ["--backend", "portable", "--quant-embeddings", "8w"],
     "fixed portable 4w emb": ["--backend", "portable", "--quant-embeddings", "4w"],
     "fixed xnnpack 8da8w": ["--backend", "xnnpack", "--quant", "8da8w"],
@@ -51,7 +51,7 @@ def run(name: str, args: list[str], workdir: Path) -> dict[str, object]:
                              cwd=tempfile.gettempdir())  # fmt: skip
     validation = json.loads(checked.stdout) if checked.stdout.strip().startswith("{") else {"error": checked.stderr}
     o = record["options"]
-    computed = weight_bytes("tiny", o["dtype"], o["quant"], o["quant_embeddings"])["bytes"]
+    computed = weight_bytes("tiny", o["dtype"], o["qlinear"], o["qembedding"])["bytes"]
     return {"name": name, "pte_bytes": record["pte"]["bytes"], "computed_weight_bytes": computed,
             "peak_rss_mb": record["peak_rss_mb"], "seconds": record["seconds"], "validation": validation}  # fmt: skip
 

@@ -70,7 +70,7 @@ def main() -> None:
     JSON_OUT.extend([args.json] if args.json else [])
 
     sizes, _, _ = run([*CLI, "sizes", "--model", args.model, "--json"])
-    (row,) = [r for r in json.loads(sizes.stdout) if (r["quant"], r["embeddings"]) == ("8da4w", "4w")]
+    (row,) = [r for r in json.loads(sizes.stdout) if (r["qlinear"], r["qembedding"]) == ("8da4w", "4w")]
     figures["computed_weight_bytes"] = row["bytes"]
 
     export_args = ["export", "--model", args.model, "--max_seq_len", str(args.max_seq_len), "--recipe", "xnnpack",

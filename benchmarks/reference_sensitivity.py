@@ -1,7 +1,7 @@
 """How far the eager reference's own logits move when its first decoder layer's output is perturbed by a relative
 noise of eps: the floor below which a program-vs-reference logit difference says nothing about the export.
 
-    python benchmarks/reference_sensitivity.py --model e2b-shape [--quant 8da4w --quant-embeddings 4w]
+    python benchmarks/reference_sensitivity.py --model e2b-shape [--qlinear 8da4w --qembedding 4w]
 
 The reference is ``validate``'s (``runtime.validation.reference_model``: the eager model in the program's dtype,
 quantized the same way). One prefill of 12 seeded tokens without a cache, then the same with noise of relative
@@ -32,8 +32,8 @@ def perturbation(eps: float) -> object:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="e2b-shape", help="tiny, e2b-shape, e4b-shape or a checkpoint directory")
-    parser.add_argument("--quant", default="8da4w")
-    parser.add_argument("--quant-embeddings", default="4w")
+    parser.add_argument("--qlinear", default="8da4w")
+    parser.add_argument("--qembedding", default="4w")
     parser.add_argument("--tokens", type=int, default=12)
     args = parser.parse_args()
 
@@ -48,7 +48,7 @@ def main() -> None:
 
     import_gemma3n(stack_versions())
     gx.apply()
-    options = ExportOptions(quant=args.quant, quant_embeddings=args.quant_embeddings)
+    options = ExportOptions(qlinear=args.qlinear, qembedding=args.qembedding)
     reference = reference_model(args.model, options)
     model = reference.model
     ids = tiny_input_ids(args.tokens, seed=7, vocab_size=reference.vocab_size)

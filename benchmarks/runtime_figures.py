@@ -114,7 +114,7 @@ def main() -> None:
 
         bandwidth = copy_bandwidth_gbps()  # after the runtime figures: its 2 GiB must not count in their peak
         figures["copy_bandwidth_gbps"] = round(bandwidth, 2)
-        sizes = weight_bytes(args.model, options["dtype"], options["quant"], options["quant_embeddings"])
+        sizes = weight_bytes(args.model, options["dtype"], options["qlinear"], options["qembedding"])
         per_token = sizes["by_kind"]["linear"] + sizes["by_kind"]["other"]
         figures["bytes_read_per_token_gb"] = round(per_token / 1e9, 3)
         figures["bandwidth_bound_ms_per_token"] = round(per_token / (bandwidth * 1e9) * 1000, 1)

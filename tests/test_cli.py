@@ -19,7 +19,12 @@ def test_status_json_matches_the_in_process_status(gemma3n_module):
     assert record["versions"]["transformers"].split("+")[0] == transformers.__version__.split("+")[0]
     assert record["activation"]["files"], "the installed package ships its .pth"
     states = {p["id"]: p["state"] for p in record["patches"]}
+    from gemma3n_export_fixes.plugin import assess
+
+    assess()  # what `status` does for the toolchain patches (ready / not-needed / ...)
     assert states == {s.id: s.state.value for s in gx.status()}
+    assert {p["scope"] for p in record["patches"]} == {"import", "export"}
+    assert all(p["distribution"] and p["needed_on"] and p["reason"] for p in record["patches"])
     assert states["gaussian-topk"] == "applied"
 
 
@@ -38,7 +43,8 @@ def test_status_with_the_hook_turned_off_reports_pending(gemma3n_module):
     assert result.returncode == 0
     record = json.loads(result.stdout)
     assert record["activation"]["disabled_by_env"] is True
-    assert {p["state"] for p in record["patches"]} == {"pending"}
+    states = {scope: {p["state"] for p in record["patches"] if p["scope"] == scope} for scope in ("import", "export")}
+    assert states == {"import": {"pending"}, "export": {"disabled"}}  # an export would run on upstream's toolchain
     assert all("GEMMA3N_EXPORT_FIXES" in p["reason"] for p in record["patches"])
 
 

@@ -91,7 +91,7 @@ def test_export_from_a_checkpoint_directory_with_int8_embeddings(tiny_checkpoint
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.with_suffix(".json").read_text())
     assert any("embeddings: int8 per row" in q for q in record["quantized"])
-    assert record["options"]["quant_embeddings"] == "8w" and record["peak_rss_mb"] > 0
+    assert record["options"]["qembedding"] == "8w" and record["peak_rss_mb"] > 0
     assert record["model"] == str(Path(tiny_checkpoint).resolve())
     # the checkpoint's tokenizer ships next to the program (ExecuTorch's LLM runner takes it as a file)
     shipped = out.with_suffix(".tokenizer.json")

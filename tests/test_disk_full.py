@@ -105,8 +105,8 @@ def test_export_onto_a_disk_that_fills_while_writing_leaves_nothing(small_fs, ge
     from gemma3n_export_fixes.export.memory import plan
     from gemma3n_export_fixes.export.options import ExportOptions
 
-    options = ExportOptions.from_cli(seq_len=32, dtype="float32", backend="portable", quant="none",
-                                     quant_embeddings="none", kv_cache=False, max_seq_len=128)  # fmt: skip
+    options = ExportOptions.from_cli(seq_len=32, dtype="float32", recipe="portable", qlinear="none",
+                                     qembedding="none", kv_cache=False, max_seq_len=128)  # fmt: skip
     fs = small_fs(required_bytes(plan("tiny", options).stored_bytes) // 4096 * 4096 + 32 * 1024)
     ran = run_python(["-m", "gemma3n_export_fixes.cli", "export", *TINY_FLOAT, "--out", str(fs / "out" / "tiny.pte")])
     assert ran.returncode == 1

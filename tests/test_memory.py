@@ -9,8 +9,8 @@ from gemma3n_export_fixes.errors import UserError
 from gemma3n_export_fixes.export.memory import GB, available_bytes, check_fits, plan, validation_peaks
 from gemma3n_export_fixes.export.options import ExportOptions
 
-FLOAT = ExportOptions(backend="portable", dtype="float32")
-PHONE = ExportOptions(backend="xnnpack", quant="8da4w", quant_embeddings="4w", kv_cache=True, max_seq_len=256)
+FLOAT = ExportOptions(recipe="portable", dtype="float32", qembedding="none", kv_cache=False)
+PHONE = ExportOptions(recipe="xnnpack", qlinear="8da4w", qembedding="4w", kv_cache=True, max_seq_len=256)
 
 
 def test_the_plan_follows_the_weight_bytes(gemma3n_module):
@@ -77,7 +77,7 @@ def test_the_lowering_factor_is_the_measured_one_only_with_every_memory_shortcut
     unshared = int(memory.BASE_BYTES + eager + int(off.stored_bytes * memory.UNSHARED_LOWERING_FACTOR))
     assert off.predicted_peak == unshared
     monkeypatch.delenv(DISABLE_VAR)
-    assert not memory.memory_shortcuts_apply(replace(PHONE, backend="portable"))
+    assert not memory.memory_shortcuts_apply(replace(PHONE, recipe="portable"))
     if memory.memory_shortcuts_apply(PHONE):  # ExecuTorch 1.5.1 with torch 2.9.1 / 2.13.0: every CI row
         shared = int(memory.BASE_BYTES + eager + int(on.stored_bytes * memory.LOWERING_FACTOR))
         assert shared <= on.predicted_peak < off.predicted_peak

@@ -148,7 +148,7 @@ def test_8da8w_with_8w_embeddings_on_xnnpack(small_checkpoint, tmp_path):
                          "--qembedding", "8w", "--recipe", "xnnpack", "--out", str(out)])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads(out.with_suffix(".json").read_text())
-    assert record["options"]["quant"] == "8da8w" and any("int8 weights per output channel" in q
+    assert record["options"]["qlinear"] == "8da8w" and any("int8 weights per output channel" in q
                                                          for q in record["quantized"])  # fmt: skip
     checked = run_python([*CLI, "validate", str(out), "--json"])
     assert checked.returncode == 0, checked.stdout + checked.stderr[-2000:]
@@ -175,7 +175,8 @@ from gemma3n_export_fixes.runtime.validation import validate
 out = Path({str(tmp_path / "int8.pte")!r})
 try:
     export_pte(load_model({str(small_checkpoint)!r}), out,
-               ExportOptions(backend="xnnpack", quant="int8", allow_known_broken=True))
+               ExportOptions(recipe="xnnpack", qlinear="8w", qembedding="none", kv_cache=False,
+                             allow_known_broken=True))
 except Exception as exc:
     print("FAILS at lowering:", repr(exc)[:300])
 else:

@@ -19,7 +19,7 @@ def test_e2b_shape_sizes_match_the_seed_cards_figures(gemma3n_module):
     assert bf16["bytes"] * 2 == weight_bytes("e2b-shape", "float32")["bytes"]
     # the seed card: 8.4 GB bf16 (ours: 8.26 GiB) and 7.0 GB int8 linears (ours: 7.01 GiB)
     assert abs(bf16["bytes"] / 2**30 - 8.4) < 0.2
-    assert abs(weight_bytes("e2b-shape", "bfloat16", "int8")["bytes"] / 2**30 - 7.0) < 0.1
+    assert abs(weight_bytes("e2b-shape", "bfloat16", "8w")["bytes"] / 2**30 - 7.0) < 0.1
     # embeddings are 57% of the parameters: why int8 linears alone barely helped
     assert 0.55 < bf16["by_kind"]["embedding"] / bf16["bytes"] < 0.6
 
@@ -41,7 +41,7 @@ def test_sizes_command(gemma3n_module):
     result = run_python([*CLI, "sizes", "--model", "e2b-shape", "--json"])
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(result.stdout)
-    assert {(r["dtype"], r["quant"], r["embeddings"]) for r in rows} >= {("float32", "8da4w", "4w")}
+    assert {(r["dtype"], r["qlinear"], r["qembedding"]) for r in rows} >= {("float32", "8da4w", "4w")}
     bad = run_python([*CLI, "sizes", "--model", "/no/such/dir"])
     assert bad.returncode == 1 and "computed from the config" in bad.stderr
 
@@ -64,6 +64,6 @@ def test_computed_bytes_track_the_measured_programs(check_run):
         pass
     for name in names:
         options = exports[name]["options"]
-        computed = weight_bytes("tiny", options["dtype"], options["quant"], options["quant_embeddings"])["bytes"]
+        computed = weight_bytes("tiny", options["dtype"], options["qlinear"], options["qembedding"])["bytes"]
         overhead = exports[name]["pte_bytes"] - computed
         assert 0.2e6 < overhead < 0.5e6, (name, exports[name]["pte_bytes"], computed)

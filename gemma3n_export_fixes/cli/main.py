@@ -68,8 +68,8 @@ def _cmd_export(args: argparse.Namespace, con: Console) -> int:
     from gemma3n_export_fixes.pte import sidecar_path
 
     options = ExportOptions.from_cli(
-        seq_len=args.seq_len, dtype=args.dtype, backend=args.backend, quant=args.quant,
-        quant_embeddings=args.quant_embeddings, kv_cache=not args.fixed_window, max_seq_len=args.max_seq_len,
+        seq_len=args.seq_len, dtype=args.dtype, recipe=args.recipe, qlinear=args.qlinear,
+        qembedding=args.qembedding, kv_cache=not args.fixed_window, max_seq_len=args.max_seq_len,
     )  # fmt: skip
     out = Path(args.out)
     check_out_path(out)
@@ -241,7 +241,7 @@ def _cmd_sizes(args: argparse.Namespace, con: Console) -> int:
     )
     for r in rows:
         k = r["by_kind"]
-        con.print(f"{r['dtype']:<10}{r['quant']:<9}{r['embeddings']:<12}{r['bytes'] / 1e9:>8.2f}"
+        con.print(f"{r['dtype']:<10}{r['qlinear']:<9}{r['qembedding']:<12}{r['bytes'] / 1e9:>8.2f}"
                   f"{r['bytes'] / 2**30:>8.2f}{k['embedding'] / 1e9:>15.2f}{k['linear'] / 1e9:>12.2f}")  # fmt: skip
     return 0
 
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print a JSON record instead of a table")
     status.set_defaults(func=_cmd_status)
 
-    from gemma3n_export_fixes.export.options import BACKENDS, CLI_LINEAR_QUANTS
+    from gemma3n_export_fixes.export.options import CLI_LINEAR_QUANTS, DEFAULT_QLINEAR, RECIPES, ExportOptions
     from gemma3n_export_fixes.export.quant import EMBEDDING_QUANTS, GROUP_SIZE
     from gemma3n_export_fixes.models.sources import DTYPES
 
@@ -330,39 +330,43 @@ def build_parser() -> argparse.ArgumentParser:
     form.add_argument("--fixed-window", action="store_true", help="the seed-compatible program: SEQ_LEN tokens "
                       "in, logits out, no cache")  # fmt: skip
     form.add_argument("--kv-cache", action="store_true", help=argparse.SUPPRESS)  # the default; older spelling
-    export.add_argument("--seq-len", type=int, default=32, help="--fixed-window: number of tokens (default: 32)")
-    export.add_argument("--max_seq_len", "--max-seq-len", dest="max_seq_len", type=int, default=128,
-                        help="KV cache: positions in the cache, prompt + generated tokens (default: 128)")  # fmt: skip
-    export.add_argument("--dtype", choices=DTYPES, default="float32", help="weights and activations (default: "
-                        "float32)")  # fmt: skip
+    default = ExportOptions.default  # the command line's defaults are the options' (export/options.py)
+    export.add_argument("--seq-len", type=int, default=default("seq_len"),
+                        help="--fixed-window: number of tokens (default: %(default)s)")  # fmt: skip
+    export.add_argument("--max_seq_len", "--max-seq-len", dest="max_seq_len", type=int,
+                        default=default("max_seq_len"),
+                        help="KV cache: positions in the cache, prompt + generated tokens "
+                        "(default: %(default)s)")  # fmt: skip
+    export.add_argument("--dtype", choices=DTYPES, default=default("dtype"), help="weights and activations "
+                        "(default: %(default)s)")  # fmt: skip
     export.add_argument(
         "--recipe",
         "--backend",
-        dest="backend",
-        choices=BACKENDS,
-        default="xnnpack",
-        help="xnnpack (delegated, fast; default) or portable (ExecuTorch's portable kernels)",
+        dest="recipe",
+        choices=RECIPES,
+        default=default("recipe"),
+        help="xnnpack (delegated, fast) or portable (ExecuTorch's portable kernels); default: %(default)s",
     )
     export.add_argument(
         "--qlinear",
         "--quant",
-        dest="quant",
+        dest="qlinear",
         choices=CLI_LINEAR_QUANTS,
-        default=None,
-        help=f"linears: 8da4w (default with xnnpack) / 8da8w: int8 dynamic activations, int4 weights in groups of "
-        f"{GROUP_SIZE} / int8 per channel, XNNPACK only; 8w (alias int8): weight-only int8, portable only; "
-        "none (default with portable)",
+        default=default("qlinear"),
+        help=f"linears: 8da4w / 8da8w: int8 dynamic activations, int4 weights in groups of {GROUP_SIZE} / int8 per "
+        "channel, XNNPACK only; 8w (alias int8): weight-only int8, portable only; none. Default: "
+        + ", ".join(f"{q} with {r}" for r, q in DEFAULT_QLINEAR.items()),
     )
     export.add_argument(
         "--qembedding",
         "--quant-embeddings",
-        dest="quant_embeddings",
+        dest="qembedding",
         choices=EMBEDDING_QUANTS,
         nargs="?",
         const="8w",
-        default="4w",
+        default=default("qembedding"),
         help=f"embed_tokens and the per-layer table (~57%% of E2B's parameters): 4w (int4 in groups of "
-        f"{GROUP_SIZE}; default), 8w (int8 per row; a bare flag) or none",
+        f"{GROUP_SIZE}), 8w (int8 per row; a bare flag) or none; default: %(default)s",
     )
     export.set_defaults(func=_cmd_export)
 

@@ -56,7 +56,7 @@ STRICT_TRACE_SHORTCUT = "weights-not-cloned"
 def memory_shortcuts_apply(options: ExportOptions) -> bool:
     """True when the export will trace and lower with every shortcut that :data:`LOWERING_FACTOR` was measured
     with: XNNPACK, and each of those patches ``ready`` here (in range, code matching, not disabled)."""
-    if options.backend != "xnnpack":
+    if options.recipe != "xnnpack":
         return False
     from gemma3n_export_fixes.plugin import assess
 
@@ -154,8 +154,8 @@ def meta_model(spec: str) -> torch.nn.Module:
 
 def _eager_quantized_bytes(model: torch.nn.Module, options: ExportOptions) -> int:
     """The model's bytes once quantized in eager (torchao keeps int4 weights one byte each until lowering)."""
-    unpacked = "8da8w" if options.quant == "8da4w" else options.quant
-    return int(price(model, options.dtype, unpacked, options.quant_embeddings)["bytes"])
+    unpacked = "8da8w" if options.qlinear == "8da4w" else options.qlinear
+    return int(price(model, options.dtype, unpacked, options.qembedding)["bytes"])
 
 
 def plan(spec: str, options: ExportOptions) -> MemoryPlan:
@@ -164,7 +164,7 @@ def plan(spec: str, options: ExportOptions) -> MemoryPlan:
 
     model = meta_model(spec)
     natural = price(model, natural_dtype(spec))["float_bytes"]
-    stored = price(model, options.dtype, options.quant, options.quant_embeddings)
+    stored = price(model, options.dtype, options.qlinear, options.qembedding)
     head = model.lm_head.weight.numel() * 4
     eager = _eager_quantized_bytes(model, options)
     if spec in SHAPES:  # built unit by unit (models.lazy): the quantized model plus the largest unit in flight
@@ -191,7 +191,7 @@ def check_fits(spec: str, options: ExportOptions, available: int | None = None) 
     available = available_bytes() if available is None else available
     if available is None or found.predicted_peak <= available:
         return found
-    smallest = replace(options, backend="xnnpack", quant="8da4w", quant_embeddings="4w", dtype="float32")
+    smallest = replace(options, recipe="xnnpack", qlinear="8da4w", qembedding="4w", dtype="float32")
     alternative = plan(spec, smallest)
     hint = (
         f"--recipe xnnpack --qlinear 8da4w --qembedding 4w needs {alternative.predicted_peak / GB:.1f} GB"
@@ -220,8 +220,8 @@ def validation_peaks(spec: str, options: ExportOptions, pte_bytes: int) -> tuple
     model = meta_model(spec)
     natural = price(model, natural_dtype(spec))["float_bytes"]
     head = model.lm_head.weight.numel() * 4
-    if options.quant in DYNAMIC_ACTIVATION_QUANTS:
-        reference = int(price(model, options.dtype, "none", options.quant_embeddings)["bytes"])
+    if options.qlinear in DYNAMIC_ACTIVATION_QUANTS:
+        reference = int(price(model, options.dtype, "none", options.qembedding)["bytes"])
     else:
         reference = _eager_quantized_bytes(model, options) + head
     running = int(pte_bytes * RUNTIME_FACTOR)

@@ -120,7 +120,7 @@ def lower(traced: Traced, options: ExportOptions, applied: frozenset[str], timer
     from gemma3n_export_fixes.export.memory import release_freed
 
     lowering: dict[str, Any] = {}
-    if options.backend == "xnnpack":
+    if options.recipe == "xnnpack":
         with timer.stage("lower", "to_edge_transform_and_lower(XnnpackPartitioner)"):
             edge = lower_to_xnnpack(traced.exported, traced.methods, applied)
         lowering["partitions"] = delegate_count(edge)
@@ -205,11 +205,11 @@ def export_pte(
     timer = StageTimer(progress)
     model = loaded.model
     facts: dict[str, Any] = {"parameters": loaded.parameters}  # before quantizing: quantized tables become buffers
-    weights = price(model, options.dtype, options.quant, options.quant_embeddings)
+    weights = price(model, options.dtype, options.qlinear, options.qembedding)
     facts["weight_bytes"] = {"float": weights["float_bytes"], "stored": weights["bytes"]}
-    what = f"{options.dtype}, linears {options.quant}, embeddings {options.quant_embeddings}, unit by unit"
+    what = f"{options.dtype}, linears {options.qlinear}, embeddings {options.qembedding}, unit by unit"
     with timer.stage("quantize", what):
-        facts["quantized"] = quantize(model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
+        facts["quantized"] = quantize(model, options.qlinear, options.qembedding, torch_dtype(options.dtype))
         release_freed()
     with exporting(model) as toolchain:
         applied = frozenset(s.id for s in toolchain if s.applied)

@@ -1,8 +1,8 @@
 """Weight quantization for export, with ops the ExecuTorch runtime has kernels for.
 
-Linears (``--quant``):
+Linears (``--qlinear``):
 
-- ``int8``: torchao ``Int8WeightOnlyConfig`` (int8 per output channel). Runs on the portable path; the
+- ``8w``: torchao ``Int8WeightOnlyConfig`` (int8 per output channel). Runs on the portable path; the
   XNNPACK lowering fails, or the program fails at execute (an upstream defect, see the README).
 - ``8da4w`` / ``8da8w``: torchao ``Int8DynamicActivationIntxWeightConfig``: activations int8 per token at run
   time, weights int4 in groups of :data:`GROUP_SIZE` (8da4w) or int8 per output channel (8da8w). XNNPACK
@@ -13,7 +13,7 @@ Under every scheme the AltUp coefficient linears (``altup.correction_coefs``, ``
 inputs, 16 or 4 outputs per layer) stay float: Gemma 3n's code reads and clamps their ``weight`` directly,
 which a quantized tensor does not support (on transformers < 5.0.0 every quantized export failed there).
 
-Embeddings (``--quant-embeddings``): ``embed_tokens`` and ``embed_tokens_per_layer`` (the largest tensor of
+Embeddings (``--qembedding``): ``embed_tokens`` and ``embed_tokens_per_layer`` (the largest tensor of
 Gemma 3n: ~2.0B of E2B's ~4.4B parameters) become ``8w`` (int8 per row, ExecuTorch's
 ``quantized_decomposed::embedding_byte``) or ``4w`` (int4 in groups of :data:`GROUP_SIZE`, two per byte,
 ``quantized_decomposed::embedding_4bit``). torchao's ``IntxWeightOnlyConfig`` on embeddings leaves
@@ -31,7 +31,7 @@ from gemma3n_export_fixes.pte import load_quantized_kernels
 if TYPE_CHECKING:
     import torch
 
-LINEAR_QUANTS = ("none", "int8", "8da4w", "8da8w")
+LINEAR_QUANTS = ("none", "8w", "8da4w", "8da8w")
 #: The linear schemes with int8 dynamic activations (torchao ``Int8DynamicActivationIntxWeightConfig``): their
 #: weights are quantized per row, so they are quantized in row chunks and a reference dequantizes them once.
 DYNAMIC_ACTIVATION_QUANTS = ("8da4w", "8da8w")
@@ -176,7 +176,7 @@ def quantize_embeddings(model: torch.nn.Module, scheme: str = "8w", dtype: torch
 def _linear_config(scheme: str) -> object:
     import torch
 
-    if scheme == "int8":
+    if scheme == "8w":
         from torchao.quantization import Int8WeightOnlyConfig
 
         return Int8WeightOnlyConfig()
@@ -278,7 +278,7 @@ def dequantize_linears(model: torch.nn.Module, rows: int = ROW_CHUNK) -> int:
 
 
 LINEAR_DESCRIPTIONS = {
-    "int8": "int8 weight-only per output channel (torchao Int8WeightOnlyConfig)",
+    "8w": "int8 weight-only per output channel (torchao Int8WeightOnlyConfig)",
     "8da4w": f"int8 dynamic activations, int4 weights in groups of {GROUP_SIZE} (torchao)",
     "8da8w": "int8 dynamic activations, int8 weights per output channel (torchao)",
 }

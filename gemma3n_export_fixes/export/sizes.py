@@ -4,9 +4,9 @@ Used for models too large to export here (``e2b-shape``, ``e4b-shape``). The mod
 meta device (shapes only) and every parameter is priced by what the export stores for it:
 
 - float tensors: 4 bytes (float32) or 2 (bfloat16) per element;
-- ``--quant-embeddings 8w``: 1 byte per element + one scale per row; ``4w``: half a byte per element + one
+- ``--qembedding 8w``: 1 byte per element + one scale per row; ``4w``: half a byte per element + one
   scale per group of 32;
-- ``--quant 8da4w``: half a byte per element + one scale per group of 32 for every linear whose input dim
+- ``--qlinear 8da4w``: half a byte per element + one scale per group of 32 for every linear whose input dim
   is a multiple of 32 (the others stay float); ``8da8w`` / ``int8``: 1 byte per element + one scale per
   output channel; the AltUp coefficient linears stay float (``quant.linear_is_quantized`` decides, for
   both the export and this table);
@@ -77,13 +77,13 @@ def _quantized_bytes(rows: int, cols: int, bits: int, group: int, scale_bytes: i
     return rows * cols * bits // 8 + rows * (cols // group) * scale_bytes
 
 
-def weight_bytes(spec: str, dtype: str = "float32", quant: str = "none", embeddings: str = "none") -> dict[str, Any]:
+def weight_bytes(spec: str, dtype: str = "float32", qlinear: str = "none", qembedding: str = "none") -> dict[str, Any]:
     """Bytes per category for ``spec`` exported with these options (see the module docstring for the rules)."""
-    return {"model": spec, **price(meta_model(spec), dtype, quant, embeddings)}
+    return {"model": spec, **price(meta_model(spec), dtype, qlinear, qembedding)}
 
 
 def price(
-    model: torch.nn.Module, dtype: str = "float32", quant: str = "none", embeddings: str = "none"
+    model: torch.nn.Module, dtype: str = "float32", qlinear: str = "none", qembedding: str = "none"
 ) -> dict[str, Any]:
     """Bytes per category of ``model``'s (float, unquantized) parameters stored with these options."""
     items, tied = tensors(model)
@@ -93,9 +93,9 @@ def price(
     for t in items:
         if t.kind == "embedding":
             rows, cols = t.shape
-            if embeddings == "8w":
+            if qembedding == "8w":
                 by_kind["embedding"] += _quantized_bytes(rows, cols, 8, cols, fbytes)
-            elif embeddings == "4w":
+            elif qembedding == "4w":
                 group = GROUP_SIZE if cols % GROUP_SIZE == 0 else cols
                 by_kind["embedding"] += _quantized_bytes(rows, cols, 4, group, fbytes)
             else:
@@ -103,14 +103,14 @@ def price(
             if tied and t.name.endswith("embed_tokens.weight"):
                 lm_head_rows_cols = (rows, cols)
         elif t.kind == "linear":
-            by_kind["linear"] += _linear_bytes(t.name, t.shape, quant, fbytes)
+            by_kind["linear"] += _linear_bytes(t.name, t.shape, qlinear, fbytes)
         else:
             by_kind["other"] += t.numel * fbytes
-    if lm_head_rows_cols is not None and (quant != "none" or embeddings != "none"):
+    if lm_head_rows_cols is not None and (qlinear != "none" or qembedding != "none"):
         # the tied head is a second tensor once either side is quantized
-        by_kind["linear"] += _linear_bytes("lm_head.weight", lm_head_rows_cols, quant, fbytes)
+        by_kind["linear"] += _linear_bytes("lm_head.weight", lm_head_rows_cols, qlinear, fbytes)
     parameters = sum(t.numel for t in items)
-    return {"dtype": dtype, "quant": quant, "embeddings": embeddings, "parameters": parameters,
+    return {"dtype": dtype, "qlinear": qlinear, "qembedding": qembedding, "parameters": parameters,
             "float_bytes": parameters * fbytes, "bytes": sum(by_kind.values()), "by_kind": by_kind}  # fmt: skip
 
 
@@ -131,8 +131,8 @@ def _linear_bytes(name: str, shape: tuple[int, ...], quant: str, fbytes: int) ->
 TABLE_OPTIONS = (
     ("float32", "none", "none"),
     ("bfloat16", "none", "none"),
-    ("bfloat16", "int8", "none"),
-    ("bfloat16", "int8", "8w"),
+    ("bfloat16", "8w", "none"),
+    ("bfloat16", "8w", "8w"),
     ("float32", "8da8w", "8w"),
     ("float32", "8da4w", "8w"),
     ("float32", "8da4w", "4w"),

@@ -111,8 +111,8 @@ def reference_model(spec: str, options: ExportOptions) -> LoadedModel:
     from gemma3n_export_fixes.models.sources import load_model, torch_dtype
 
     reference = load_model(spec, lazy=True)
-    quantize(reference.model, options.quant, options.quant_embeddings, torch_dtype(options.dtype))
-    if options.quant in DYNAMIC_ACTIVATION_QUANTS:
+    quantize(reference.model, options.qlinear, options.qembedding, torch_dtype(options.dtype))
+    if options.qlinear in DYNAMIC_ACTIVATION_QUANTS:
         dequantize_linears(reference.model)
     return reference
 
