@@ -194,7 +194,6 @@ def export_pte(
     import gemma3n_export_fixes as gx
     from gemma3n_export_fixes.export import lowered_cache
     from gemma3n_export_fixes.export.memory import plan, release_freed
-    from gemma3n_export_fixes.export.sizes import price
     from gemma3n_export_fixes.plugin import exporting
     from gemma3n_export_fixes.versions import distribution_version
 
@@ -204,9 +203,10 @@ def export_pte(
         memory = plan(loaded.source, options)
     timer = StageTimer(progress)
     model = loaded.model
-    facts: dict[str, Any] = {"parameters": loaded.parameters}  # before quantizing: quantized tables become buffers
-    weights = price(model, options.dtype, options.qlinear, options.qembedding)
-    facts["weight_bytes"] = {"float": weights["float_bytes"], "stored": weights["bytes"]}
+    parameters = loaded.parameters  # before quantizing: quantized tables become buffers
+    float_bytes = parameters * (4 if options.dtype == "float32" else 2)
+    facts: dict[str, Any] = {"parameters": parameters}
+    facts["weight_bytes"] = {"float": float_bytes, "stored": memory.stored_bytes}  # priced once, by the plan
     what = f"{options.dtype}, linears {options.qlinear}, embeddings {options.qembedding}, unit by unit"
     with timer.stage("quantize", what):
         facts["quantized"] = quantize(model, options.qlinear, options.qembedding, torch_dtype(options.dtype))
