@@ -21,3 +21,18 @@ def test_readme_has_exactly_two_commands_and_ci_runs_the_test_command_verbatim()
     assert len(commands) == 2
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert commands[1] in ci
+
+
+def test_the_fixes_tables_name_every_patch_with_its_declared_range():
+    """One line per patch of the registry, both scopes; a toolchain patch's range as declared (the transformers
+    ranges are written as release spans, checked against the registry by the matrix tests)."""
+    from gemma3n_export_fixes.plugin.patch import Scope
+    from gemma3n_export_fixes.plugin.patches import REGISTRY
+
+    rows = {line.split("|")[1].strip().strip("`"): line for line in (REPO / "README.md").read_text().splitlines()
+            if line.startswith("| `")}  # fmt: skip
+    assert set(rows) == {p.id for p in REGISTRY}
+    for patch in (p for p in REGISTRY if p.scope is Scope.EXPORT):
+        assert f"| {patch.kind.value} |" in rows[patch.id], patch.id
+        needed_on = rows[patch.id].rstrip().rstrip("|").rsplit("|", 1)[1].replace(" ", "")
+        assert needed_on == f"{patch.distribution}{patch.needed_on}", (patch.id, needed_on)
