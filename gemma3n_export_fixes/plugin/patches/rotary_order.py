@@ -83,7 +83,8 @@ def trace() -> dict[str, Any]:
     order: list[str] = []
 
     def record(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        order.append(args[2] if len(args) > 2 else kwargs["layer_type"])
+        # 5.x passes the layer type; before 5.6.0 one rotary module per kind is called without one
+        order.append(args[2] if len(args) > 2 else kwargs.get("layer_type", "default"))
 
     hook = model.rotary_emb.register_forward_pre_hook(record, with_kwargs=True)
     try:
@@ -199,5 +200,6 @@ PATCH = Patch(
     ),
     build=build,
     reproduce=reproduce,
+    reproduce_with=("altup-clamp", "gaussian-topk"),  # a trace of the model needs them where they apply
     upstream="not fixed through 5.23.0 (PR not identified: 5.6.0 turned the loop over config.layer_types into a set)",
 )
