@@ -19,7 +19,7 @@ EXPECTED_FAILURE = {
         ("TorchRuntimeError", "when making fake tensor call"),  # 5.4.0 - 5.5.0: window-sized StaticLayer
     ),
     "recipe-sliding-mask": (("windowed-full-attention", "the full-attention mask drops"),),
-    "rotary-order": (("hash-seed-dependent", "the traced graph depends on the hash seed"),),
+    "rotary-order": (("hash-seed-dependent", "the rotary embeddings' order depends on the hash seed"),),
     "optimum-custom-sdpa": (("window-ignored", "custom_sdpa ignores the sliding window"),),
     "optimum-custom-kv-cache": (("missing-shared-layers", "KV-shared layer"),),
 }
