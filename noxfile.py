@@ -10,7 +10,8 @@ nox -s "matrix(tf5.6.0-et1.5.1)"    # one cell; `-- --force` re-runs a cell whos
                                     # default a graph lowered by an earlier cell on the same stack is reused)
 nox -s "matrix(tf-next-et1.5.1)" -- --next   # the newest transformers (pre-releases too) at run time: drop
                                     # candidates in matrix/README.md before anyone reads a changelog
-nox -s matrix -t smoke              # the smoke rows (CI)
+nox -s matrix_current               # fails, naming them, when a grid row's result is not current (CI, first)
+nox -s matrix -t smoke -- --reproduce   # the smoke rows re-run from scratch must make the stored claims (CI)
 nox -s matrix_report                # matrix/README.md + matrix/heatmap.svg from the results
 nox -s optimum_cli                  # optimum-cli export executorch (float, 8da4w + 4w) on a tiny checkpoint vs
                                     # eager, on optimum-executorch's own transformers pin and on the default stack
@@ -116,19 +117,48 @@ def tests(session: nox.Session, row: dict) -> None:
 @nox.session(venv_backend="none")
 @nox.parametrize("row", params())
 def matrix(session: nox.Session, row: dict) -> None:
-    """One grid cell: its own venv with the row's pins, `check --json`, result in matrix/results/<id>.json."""
-    from matrix.cell import LOWERED_CACHE, run_cell
+    """One grid cell: its own venv with the row's pins, `check --json`, result in matrix/results/<id>.json.
+
+    `-- --reproduce` re-runs the cell from scratch (current or not, no lowered program reused) into .nox/ and
+    fails unless it makes the same claims as the stored result (CI, on the smoke rows)."""
+    from matrix.cell import LOWERED_CACHE, reproduction_differences, run_cell
+    from matrix.grid import load_result
 
     if "heavy" in row["tags"] and "--heavy" not in session.posargs:
         session.skip(f"{row['id']} is a heavy row (torch {row['torch']}); run it with -- --heavy")
     if "next" in row["tags"] and "--next" not in session.posargs:
         session.skip(f"{row['id']} installs the newest transformers the registry serves today; run it with -- --next")
+    venv = ROOT / ".nox" / f"matrix-{row['id']}"
+    if "--reproduce" in session.posargs:
+        stored = load_result(row)
+        if not stored or not is_current(row):
+            session.error(f'{row["id"]}: no current stored result to reproduce: run `nox -s "matrix({row["id"]})"`')
+        again = run_cell(row, venv, log=session.log, lowered_cache=None,
+                         result_file=ROOT / ".nox" / "matrix-reproduced" / f"{row['id']}.json")  # fmt: skip
+        differences = reproduction_differences(stored, again)
+        if differences:
+            session.error(f"{row['id']}: the stored result does not reproduce: " + "; ".join(differences))
+        session.log(f"{row['id']}: reproduced from scratch: the same claims as matrix/results/{row['id']}.json")
+        return
     if is_current(row) and "--force" not in session.posargs:
         session.skip(f"{row['id']}: stored result is current (inputs {inputs_hash(row)[:12]}); -- --force re-runs")
     cache = None if "--no-lowered-cache" in session.posargs else LOWERED_CACHE
-    record = run_cell(row, ROOT / ".nox" / f"matrix-{row['id']}", log=session.log, lowered_cache=cache)
+    record = run_cell(row, venv, log=session.log, lowered_cache=cache)
     if not record.get("ok"):  # the evidence is stored either way; the session says it failed
         session.error(f"{row['id']}: check failed (see matrix/results/{row['id']}.json)")
+
+
+@nox.session(venv_backend="none")
+def matrix_current(session: nox.Session) -> None:
+    """Fail, naming them, when a grid row's stored result is missing or not current for these sources (CI's
+    first step: evidence from an older package may not land). `nox -s matrix` re-runs exactly those rows."""
+    from matrix.grid import stale_rows
+
+    stale = stale_rows(GRID)
+    if stale:
+        session.error(f"{len(stale)} grid row(s) not current for these sources: {', '.join(stale)}; "
+                      "run `nox -s matrix` (stale rows only), then `nox -s matrix_report`")  # fmt: skip
+    session.log(f"every grid row's stored result is current ({sum('grid' in r['tags'] for r in GRID)} rows)")
 
 
 @nox.session(venv_backend="none")

@@ -16,7 +16,9 @@ next. A benchmark: nothing asserts.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import os
 import queue
 import subprocess
 import sys
@@ -27,7 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from matrix.grid import load_rows  # noqa: E402
+from matrix.grid import is_current, load_rows  # noqa: E402
+
+
+def _memory_gib() -> int:
+    with open("/proc/meminfo") as meminfo:
+        return round(int(meminfo.readline().split()[1]) / 2**20)
 
 
 def _ends_inwards(ids: list[str]) -> list[str]:
@@ -35,9 +42,10 @@ def _ends_inwards(ids: list[str]) -> list[str]:
     return [i for pair in zip(front, [*back, ""], strict=False) for i in pair if i]
 
 
-def cells(heavy: list[str], latest: bool) -> list[tuple[str, list[str]]]:
-    """(row id, the flags its nox session needs), in the order they start; ``heavy``: heavy rows to add."""
-    rows = load_rows()
+def cells(heavy: list[str], latest: bool, force: bool = False) -> list[tuple[str, list[str]]]:
+    """(row id, the flags its nox session needs), in the order they start; ``heavy``: heavy rows to add;
+    a row whose stored result is current only with ``force`` (so the figures are those of cells that ran)."""
+    rows = [row for row in load_rows() if force or not is_current(row)]
     grid = [row["id"] for row in rows if "grid" in row["tags"]]
     first = [(row["id"], ["--heavy"]) for row in rows if "heavy" in row["tags"] and row["id"] in heavy]
     last = [(row["id"], ["--next"]) for row in rows if latest and "next" in row["tags"]]
@@ -55,7 +63,7 @@ def main() -> int:
     parser.add_argument("posargs", nargs="*", help="passed on to each nox session (after --)")
     args = parser.parse_args()
     todo: queue.Queue[tuple[str, list[str]]] = queue.Queue()
-    for cell in cells(args.heavy, args.next):
+    for cell in cells(args.heavy, args.next, args.force):
         todo.put(cell)
     extra = (["--force"] if args.force else []) + args.posargs
     done: dict[str, dict[str, float | int]] = {}
@@ -82,10 +90,24 @@ def main() -> int:
         thread.join()
     wall = round(time.perf_counter() - started, 1)
     print(f"grid wall: {wall} s for {len(done)} cells, {args.jobs} at a time", flush=True)
+    seconds = sorted(cell["seconds"] for cell in done.values())
+    median = seconds[len(seconds) // 2] if len(seconds) % 2 else sum(seconds[len(seconds) // 2 - 1 :][:2]) / 2
+    print(f"median cell: {median} s", flush=True)
     if args.json:
-        args.json.write_text(
-            json.dumps({"jobs": args.jobs, "force": args.force, "wall": wall, "cells": done}, indent=1)
-        )
+        command = "python benchmarks/grid_wall.py " + " ".join(sys.argv[1:])
+        record = {
+            "title": f"The whole matrix, {args.jobs} cells at a time ({'forced' if args.force else 'stale cells'})",
+            "command": command.replace(str(args.json), "benchmarks/results/grid_wall.json"),
+            "machine": f"{os.cpu_count()} cores, {_memory_gib()} GiB, no GPU",
+            "date": dt.date.today().isoformat(),
+            "stack": "every grid row" + (" and the rows asked for" if args.heavy or args.next else ""),
+            "jobs": args.jobs,
+            "wall": wall,
+            "cells_run": len(done),
+            "median_cell": round(median, 1),
+            "cells": done,
+        }
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
     return 0 if all(cell["exit_code"] == 0 for cell in done.values()) else 1
 
 

@@ -21,7 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from matrix.grid import ROOT, Row, find_links_args, inputs_hash, install_flags, pins, result_path
+from matrix.grid import (
+    ROOT,
+    Row,
+    cell_exports,
+    cell_kind,
+    find_links_args,
+    inputs_hash,
+    install_flags,
+    pins,
+    result_path,
+)
 
 Log = Callable[[str], None]
 #: Shared by the cells of one machine (kept out of git with the rest of ``.nox``).
@@ -79,10 +89,17 @@ def installed_distributions(venv: Path) -> dict[str, str]:
     return dict(json.loads(out.stdout))
 
 
-def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None = LOWERED_CACHE) -> dict[str, Any]:
+def run_cell(
+    row: Row,
+    venv: Path,
+    log: Log = print,
+    lowered_cache: Path | None = LOWERED_CACHE,
+    result_file: Path | None = None,
+) -> dict[str, Any]:
     """Install the row into ``venv``, run ``check --json`` there, store and return the cell's result.
 
     ``lowered_cache``: where lowered programs are shared between cells (``None``: every cell lowers its own).
+    ``result_file``: where to store it (default: ``matrix/results/<id>.json``, the committed evidence).
     """
     started = time.perf_counter()
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -106,9 +123,10 @@ def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None 
         env.setdefault("PYTHONHASHSEED", "0")
         if lowered_cache is not None:
             env["GEMMA3N_EXPORT_FIXES_LOWERED_CACHE"] = str(lowered_cache)
-        log(f"{cli} check --json ...")
-        proc = subprocess.run([str(cli), "check", "--json", str(record_file)], cwd=tmp, env=env,
-                              capture_output=True, text=True)  # fmt: skip
+        log(f"{cli} check --exports {','.join(cell_exports(row))} --json ...")
+        exports = ",".join(cell_exports(row))
+        proc = subprocess.run([str(cli), "check", "--exports", exports, "--json", str(record_file)], cwd=tmp,
+                              env=env, capture_output=True, text=True)  # fmt: skip
         if record_file.exists():
             record = json.loads(record_file.read_text())
         else:  # check could not even start: record why, as evidence
@@ -118,6 +136,7 @@ def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None 
         "id": row["id"],
         "row": row,
         "inputs_hash": inputs,
+        "kind": cell_kind(row),
         "ran_at": when,
         "install_seconds": round(installed - started, 1),
         "check_seconds": round(time.perf_counter() - installed, 1),
@@ -125,10 +144,39 @@ def run_cell(row: Row, venv: Path, log: Log = print, lowered_cache: Path | None 
         "lowered_cache": bool(lowered_cache),
         "installed": installed_distributions(venv),
     }
-    path = result_path(row)
+    path = result_file or result_path(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_path = path.with_suffix(".json.partial")
     tmp_path.write_text(json.dumps(record, indent=2) + "\n")
     tmp_path.replace(path)
-    log(f"{row['id']}: check {'OK' if record.get('ok') else 'FAILED'} -> {path.relative_to(ROOT)}")
+    log(f"{row['id']}: check {'OK' if record.get('ok') else 'FAILED'} -> {path}")
     return record
+
+
+def evidence_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """What a cell's result claims, without what varies from run to run (timings, digests, float error in the
+    last digits): check's verdict, each patch's state, reproducer outcomes and verdict, each export's outcome."""
+    patches = {
+        p["id"]: (p["state"], (p.get("upstream") or {}).get("bug"), (p.get("patched") or {}).get("bug"), p["verdict"])
+        for p in record.get("patches", [])
+    }
+    exports = {
+        e.get("name", e.get("backend")): "refused" if e.get("refused") else "ok" if e.get("ok") else "failed"
+        for e in record.get("exports", [])
+    }
+    versions = {k: v for k, v in (record.get("versions") or {}).items() if k in ("torch", "executorch", "transformers")}
+    return {"ok": record.get("ok"), "versions": versions, "patches": patches, "exports": exports}
+
+
+def reproduction_differences(stored: dict[str, Any], again: dict[str, Any]) -> list[str]:
+    """How a re-run of a cell differs from its stored result, claim by claim (empty: the evidence reproduces)."""
+    old, new = evidence_summary(stored), evidence_summary(again)
+    problems = []
+    for part in ("ok", "versions"):
+        if old[part] != new[part]:
+            problems.append(f"{part}: stored {old[part]}, now {new[part]}")
+    for part, what in (("patches", "patch"), ("exports", "export")):
+        for key in sorted(set(old[part]) | set(new[part])):
+            if old[part].get(key) != new[part].get(key):
+                problems.append(f"{what} {key}: stored {old[part].get(key)}, now {new[part].get(key)}")
+    return problems

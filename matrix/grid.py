@@ -42,6 +42,24 @@ def load_rows(path: Path = GRID_FILE) -> list[Row]:
     return rows
 
 
+TOOLCHAIN = ("torch", "torchao", "executorch")
+
+
+def cell_kind(row: Row, rows: list[Row] | None = None) -> str:
+    """What the row's cell runs (``[cells]`` in grid.toml): its own ``cell`` key, else "toolchain" for the default
+    row, the seed row and every row whose torch, torchao or executorch is not the default row's, else "model"."""
+    if "cell" in row:
+        return str(row["cell"])
+    default = default_stack(rows)
+    varies_toolchain = any(row[name] != default[name] for name in TOOLCHAIN)
+    return "toolchain" if varies_toolchain or {"default-stack", "seed"} & set(row["tags"]) else "model"
+
+
+def cell_exports(row: Row, rows: list[Row] | None = None, path: Path = GRID_FILE) -> list[str]:
+    """The exports of ``check`` the row's cell runs (``check --exports``), from the ``[cells]`` table."""
+    return list(tomllib.loads(path.read_text())["cells"][cell_kind(row, rows)]["exports"])
+
+
 def tool_pin(name: str, path: Path = GRID_FILE) -> str:
     """``name==version`` for a developer tool pinned in the grid's ``[tools]`` table."""
     return f"{name}=={tomllib.loads(path.read_text())['tools'][name]}"
@@ -114,14 +132,16 @@ def package_files(root: Path = ROOT) -> list[Path]:
 
 
 def inputs_hash(row: Row, root: Path = ROOT) -> str:
-    """sha256 of the row's pins and the package sources: a stored result with the same hash is current.
+    """sha256 of the row's pins, the exports its cell runs and the package sources: a stored result with the same
+    hash is current.
 
     A Python source counts by its code (``module_fingerprint``: docstrings, comments and formatting left
     out, so rewording one does not stale the grid); the build and activation files by their bytes.
     """
     from gemma3n_export_fixes.plugin.fingerprint import module_fingerprint
 
-    digest = hashlib.sha256(json.dumps({k: row[k] for k in ("python", *STACK)}, sort_keys=True).encode())
+    what = {k: row[k] for k in ("python", *STACK)} | {"exports": cell_exports(row)}
+    digest = hashlib.sha256(json.dumps(what, sort_keys=True).encode())
     for path in package_files(root):
         digest.update(str(path.relative_to(root)).encode())
         if path.suffix == ".py":
@@ -142,9 +162,15 @@ def load_result(row: Row) -> dict[str, Any] | None:
         return None
 
 
-def is_current(row: Row) -> bool:
-    """The stored result was produced from these pins and this package source."""
+def is_current(row: Row, root: Path = ROOT) -> bool:
+    """The stored result was produced from these pins, this cell kind and this package source."""
     if is_next(row):
         return False
     result = load_result(row)
-    return bool(result) and result.get("cell", {}).get("inputs_hash") == inputs_hash(row)
+    return bool(result) and result.get("cell", {}).get("inputs_hash") == inputs_hash(row, root)
+
+
+def stale_rows(rows: list[Row] | None = None, root: Path = ROOT) -> list[str]:
+    """The ids of the grid rows (tagged "grid") whose stored result is missing or not current: the evidence a
+    submission may not land with (``nox -s matrix_current``, the first step of ``.ci/run``)."""
+    return [row["id"] for row in tagged("grid", rows) if not is_current(row, root)]

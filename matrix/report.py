@@ -8,13 +8,14 @@ declared range; any disagreement is printed in the verdict (and fails tests/test
 from __future__ import annotations
 
 import html
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from packaging.version import Version
 
-from matrix.grid import HERE, Row, is_current, is_next, load_result, load_rows, release_of
+from matrix.grid import HERE, ROOT, Row, is_current, is_next, load_result, load_rows, release_of
 
 README = HERE / "README.md"
 HEATMAP = HERE / "heatmap.svg"
@@ -73,15 +74,16 @@ def _refusal(export: dict[str, Any]) -> str | None:
     return export.get("refused") or export.get("unsupported")
 
 
-def kv_evidence(found: list[tuple[Row, dict[str, Any]]]) -> dict[Version, bool]:
-    """transformers release -> did the KV-cache exports validate there (rows whose check exported them; a
-    release where check refused them is not evidence of the recipe either way: see ``kv_verdict``)."""
-    works: dict[Version, bool] = {}
+def kv_evidence(found: list[tuple[Row, dict[str, Any]]]) -> dict[str, dict[Version, bool]]:
+    """KV-cache program -> transformers release -> did it validate there (rows whose check exported it; a release
+    where check refused it is not evidence of the recipe either way: see ``kv_verdict``)."""
+    works: dict[str, dict[Version, bool]] = {}
     for row, result in found:
-        kv = [e for e in result.get("exports", []) if e.get("name", "").startswith("kv-") and not _refusal(e)]
-        if kv:
-            release = Version(row["transformers"])
-            works[release] = works.get(release, True) and all("validation" in e and e["ok"] for e in kv)
+        for e in result.get("exports", []):
+            if e.get("name", "").startswith("kv-") and not _refusal(e):
+                seen = works.setdefault(e["name"], {})
+                release = Version(row["transformers"])
+                seen[release] = seen.get(release, True) and "validation" in e and bool(e["ok"])
     return works
 
 
@@ -105,14 +107,14 @@ def kv_verdict(found: list[tuple[Row, dict[str, Any]]]) -> str:
                       if any(_refusal(e) for e in res.get("exports", []))})  # fmt: skip
     if not works and not refused:
         return "no evidence yet"
-    good = sorted(v for v, ok in works.items() if ok)
-    bad = sorted(v for v, ok in works.items() if not ok)
     text = (f"KV-cache export on every release: the recipe is right from transformers {KV_CACHE_SINCE}, "
             f"older releases through {' + '.join(RECIPE_PATCHES)}")  # fmt: skip
-    if good:
-        text += f"; validated on {', '.join(map(str, good))}"
-    if bad:
-        text += f"; FAILED on {', '.join(map(str, bad))}"
+    for name, seen in sorted(works.items()):
+        good = sorted(v for v, ok in seen.items() if ok)
+        bad = sorted(v for v, ok in seen.items() if not ok)
+        text += f"; {name} validated on {', '.join(map(str, good)) or 'none'}"
+        if bad:
+            text += f", FAILED on {', '.join(map(str, bad))}"
     if refused:
         text += f"; refused on {', '.join(map(str, refused))}"
     return text
@@ -205,6 +207,8 @@ EXPORT_COLUMNS = ("portable", "xnnpack", "kv-portable", "kv-8da4w-4w")
 
 
 def _export_cell(result: dict[str, Any], name: str) -> str:
+    if name not in result.get("exports_selected", EXPORT_COLUMNS):
+        return f"not run ({(result.get('cell') or {}).get('kind', 'this')} cell)"
     for e in result.get("exports", []):
         if e.get("name", e["backend"]) == name:
             if _refusal(e):
@@ -217,6 +221,24 @@ def _export_cell(result: dict[str, Any], name: str) -> str:
     return "-"
 
 
+GRID_WALL = ROOT / "benchmarks" / "results" / "grid_wall.json"
+
+
+def cost_lines(path: Path = GRID_WALL) -> list[str]:
+    """What the grid costs on this machine kind, from the last ``benchmarks/grid_wall.py`` record."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    median = record.get("median_cell", (record.get("cell_seconds") or {}).get("median"))  # older records: nested
+    return [
+        f"Cost: {record['cells_run']} cells in {record['wall'] / 60:.1f} min, {record['jobs']} at a time, median "
+        f"cell {median:.0f} s ({record['machine']}, {record['date']}: `{record['command']}`; "
+        "`nox -s matrix` runs only the stale cells, and CI refuses a submission with one).",
+        "",
+    ]
+
+
 def markdown(rows: list[Row]) -> str:
     patches = _patches()
     found = evidence(rows)
@@ -226,15 +248,19 @@ def markdown(rows: list[Row]) -> str:
         "Each row is one cell of [`grid.toml`](grid.toml): a venv with those pins, `gemma3n-export-fixes check "
         "--json`. Per patch: its state on that release, whether its reproducer shows the bug on the upstream "
         "code and on the patched code (two fresh processes), and check's verdict. Then export + validate of "
-        "the tiny model: the seed's fixed window on portable and XNNPACK (max abs diff and top-1 vs eager "
-        "`use_cache=True` logits), and the KV-cache program (float32 on portable; 8da4w linears + 4w embeddings "
-        "on XNNPACK) token by token vs eager greedy `generate` over twice the sliding window. A result marked "
+        "the tiny model, the programs the row's kind names in grid.toml's `[cells]`: a *model* cell (a row that "
+        "varies transformers only) runs the float programs, a *toolchain* cell (a row whose torch, torchao or "
+        "ExecuTorch is not the default row's, the default row, the seed row) the quantized one too. The seed's "
+        "fixed window on portable and XNNPACK (max abs diff and top-1 vs eager `use_cache=True` logits), and the "
+        "KV-cache program (float32 on portable; 8da4w linears + 4w embeddings on XNNPACK) token by token vs eager "
+        "greedy `generate` over twice the sliding window. A result marked "
         "*older package* was produced by an earlier version of the package sources than the checkout's. "
         '"N lowered programs reused": those exports traced to a graph (nodes, shapes, weights) that an earlier '
         "cell on the same torch/executorch/torchao had lowered, so the stored program was taken instead of "
         "lowering it again, and validated against this row's eager model like any other "
         "(`gemma3n_export_fixes/export/lowered_cache.py`; `-- --no-lowered-cache` lowers everything).",
         "",
+        *cost_lines(),
         "![heat map](heatmap.svg)",
         "",
         "## Verdicts",
@@ -302,13 +328,16 @@ def svg(rows: list[Row]) -> str:
                 colour, label = COLOURS.get(v, COLOURS["bad"]), v
             elif name in EXPORT_COLUMNS and result.get("exports") and _export_cell(result, name) != "-":
                 text = _export_cell(result, name)
-                colour, label = (COLOURS["ok"] if text.startswith("OK") else COLOURS["bad"]), text.split(" ")[0]
+                if text.startswith("not run"):
+                    colour, label = COLOURS["not-needed"], "not run"
+                else:
+                    colour, label = (COLOURS["ok"] if text.startswith("OK") else COLOURS["bad"]), text.split(" ")[0]
             else:
                 colour, label = COLOURS["none"], "no result"
             x = left + j * cw
             out.append(f'<rect x="{x}" y="{y}" width="{cw - 2}" height="{rh - 2}" fill="{colour}" stroke="#888"/>')
             out.append(f'<text x="{x + cw / 2}" y="{y + 15}" text-anchor="middle">{html.escape(label)}</text>')
-    out.append(f'<text x="{left}" y="{height - 12}">green: fixed / validated; grey: not needed, or '
+    out.append(f'<text x="{left}" y="{height - 12}">green: fixed / validated; grey: not needed or not run by the cell, '
                'red: a failure (a KV cache refused included); white: no result yet</text>')  # fmt: skip
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -380,3 +380,18 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return bool(torch.equal(a.detach(), b.detach()))
+
+
+@pytest.mark.parametrize("names", ["kv-8da4w", "portable,,nope", ","])
+def test_check_rejects_unknown_exports(tmp_path, names):
+    """``check --exports`` names check's own exports only: anything else is one line before any work."""
+    one_line_error(run_python([*CLI, "check", "--exports", names], cwd=tmp_path), "choose from portable, xnnpack")
+    assert not list(tmp_path.iterdir())
+
+
+def test_check_groups_its_exports_longest_alone():
+    from gemma3n_export_fixes.cli.check import export_groups, select_exports
+
+    assert export_groups(list(select_exports(None))) == [["kv-8da4w-4w"], ["xnnpack", "kv-portable", "portable"]]
+    assert export_groups(["portable", "kv-portable"]) == [["kv-portable", "portable"]]
+    assert select_exports("kv-portable, portable") == ("portable", "kv-portable")

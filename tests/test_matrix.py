@@ -149,3 +149,81 @@ def test_inputs_hash_reads_code_not_docstrings_or_comments(tmp_path):
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'y'\n")
     assert inputs_hash(row, tmp_path) != base
     assert inputs_hash({**row, "transformers": "0.0.1"}, tmp_path) != inputs_hash(row, tmp_path)
+
+
+def test_a_row_runs_what_it_varies():
+    """A row that varies transformers only runs the float programs; a toolchain row (another torch, torchao or
+    ExecuTorch), the default row and the seed row the quantized one too; a row's own ``cell`` key wins."""
+    from matrix.grid import cell_exports, cell_kind
+
+    rows = load_rows()
+    by_id = {row["id"]: row for row in rows}
+    assert cell_kind(by_id["tf4.53.0-et1.5.1"], rows) == "model"
+    assert "kv-8da4w-4w" not in cell_exports(by_id["tf4.53.0-et1.5.1"], rows)
+    for row_id in ("tf5.23.0-et1.5.1", "tf5.6.0-et1.4.1", "seed-tf5.0.0rc1-et1.0.1"):
+        assert cell_kind(by_id[row_id], rows) == "toolchain", row_id
+        assert "kv-8da4w-4w" in cell_exports(by_id[row_id], rows)
+    assert cell_kind({**by_id["tf4.53.0-et1.5.1"], "cell": "toolchain"}, rows) == "toolchain"
+    for row in rows:  # every kind's exports are check's own names
+        from gemma3n_export_fixes.cli.check import select_exports
+
+        assert tuple(cell_exports(row, rows)) == select_exports(",".join(cell_exports(row, rows)))
+
+
+def _tree(root) -> None:
+    """A copy of the files a cell's inputs hash reads (the package, its build and activation files)."""
+    import shutil
+
+    shutil.copytree(ROOT / "gemma3n_export_fixes", root / "gemma3n_export_fixes",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    shutil.copytree(ROOT / "activation", root / "activation")
+    shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
+
+
+def test_a_package_change_stales_every_grid_row(tmp_path):
+    """What CI's first step refuses: a change to the package's code leaves every grid row's result not current
+    (named), while a copy of the same sources leaves exactly the rows the checkout has stale."""
+    from matrix.grid import stale_rows
+
+    _tree(tmp_path)
+    assert stale_rows(root=tmp_path) == stale_rows()
+    module = tmp_path / "gemma3n_export_fixes" / "cli" / "check.py"
+    module.write_text(module.read_text() + "\nCHANGED = True\n")
+    assert stale_rows(root=tmp_path) == [row["id"] for row in tagged("grid")]
+
+
+def test_the_matrix_gate_fails_naming_the_stale_rows(tmp_path):
+    """``nox -s matrix_current`` on a checkout whose package changed: a non-zero exit naming the rows."""
+    import shutil
+
+    for name in ("noxfile.py", "matrix"):
+        copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy
+        copy(ROOT / name, tmp_path / name)
+    _tree(tmp_path)
+    module = tmp_path / "gemma3n_export_fixes" / "export" / "options.py"
+    module.write_text(module.read_text() + "\nCHANGED = True\n")
+    out = subprocess.run([sys.executable, "-m", "nox", "-s", "matrix_current"], cwd=tmp_path, capture_output=True,
+                         text=True)  # fmt: skip
+    if out.returncode != 0 and "No module named nox" in out.stderr:
+        import pytest
+
+        pytest.skip("nox is not installed in this interpreter")
+    assert out.returncode != 0
+    assert "tf5.23.0-et1.5.1" in out.stderr and "not current" in out.stderr and "nox -s matrix" in out.stderr
+
+
+def test_a_rerun_reproduces_the_stored_claims_or_names_what_differs():
+    from matrix.cell import reproduction_differences
+
+    stored = json.loads((ROOT / "matrix" / "results" / "tf5.23.0-et1.5.1.json").read_text())
+    again = json.loads(json.dumps(stored))
+    for e in again["exports"]:
+        e["seconds"] = {"lower": 1.0}  # what varies between runs is not a claim
+        e.get("validation", {})["max_abs_diff"] = 1e-9
+    assert reproduction_differences(stored, again) == []
+    again["patches"][1]["verdict"] = "bug-not-fixed"
+    again["exports"][0]["ok"] = False
+    problems = reproduction_differences(stored, again)
+    assert len(problems) == 2
+    assert f"patch {again['patches'][1]['id']}" in problems[0] and "bug-not-fixed" in problems[0]
+    assert f"export {again['exports'][0]['name']}" in problems[1] and "failed" in problems[1]

@@ -105,7 +105,7 @@ def _patch_rows(
 TINY_MAX_SEQ_LEN = 32
 
 
-#: The exports that take longest (XNNPACK lowering), started first so the jobs end together.
+#: The exports that take longest (XNNPACK lowering), longest first: the first runs in a process of its own.
 LONGEST_FIRST = ("kv-8da4w-4w", "xnnpack", "kv-portable")
 
 
@@ -120,6 +120,19 @@ def check_exports() -> dict[str, Any]:
         "kv-portable": ExportOptions(recipe="portable", qembedding="none", max_seq_len=TINY_MAX_SEQ_LEN),
         "kv-8da4w-4w": ExportOptions(recipe="xnnpack", qlinear="8da4w", qembedding="4w", max_seq_len=TINY_MAX_SEQ_LEN),
     }
+
+
+def select_exports(names: str | None) -> tuple[str, ...]:
+    """The exports ``--exports`` names (comma-separated; ``None``: all of :func:`check_exports`), in check's order;
+    ``UserError`` for an unknown or empty selection."""
+    known = tuple(check_exports())
+    if names is None:
+        return known
+    chosen = {name.strip() for name in names.split(",") if name.strip()}
+    unknown = sorted(chosen - set(known))
+    if unknown or not chosen:
+        raise UserError(f"--exports {names}: choose from {', '.join(known)} (comma-separated)")
+    return tuple(name for name in known if name in chosen)
 
 
 def _kv_refused(name: str, options: Any, reason: str) -> dict[str, Any]:
@@ -186,14 +199,14 @@ def export_and_validate(name: str, options: Any, workdir: Path, say: Say) -> dic
     }
 
 
-def _export_in_child(name: str, workdir: Path, say: Say, jobs: int) -> dict[str, Any]:
-    """:func:`export_and_validate` in a fresh process (``check_job``), its progress relayed through ``say``."""
-    options = check_exports()[name]
+def _exports_in_child(names: list[str], workdir: Path, say: Say, jobs: int) -> list[dict[str, Any]]:
+    """:func:`export_and_validate` of each of ``names``, one after the other, in one fresh process (``check_job``),
+    its progress relayed through ``say``; an export the process did not report on (it died) is a failure."""
     child = subprocess.Popen(
-        [sys.executable, "-m", "gemma3n_export_fixes.cli.check_job", name, str(workdir)],
+        [sys.executable, "-m", "gemma3n_export_fixes.cli.check_job", ",".join(names), str(workdir)],
         stdout=subprocess.PIPE, text=True, cwd=tempfile.gettempdir(), env=_job_env(jobs),
     )  # fmt: skip
-    row: dict[str, Any] | None = None
+    rows: dict[str, dict[str, Any]] = {}
     assert child.stdout is not None
     for line in child.stdout:
         kind, _, text = line.rstrip("\n").partition(" ")
@@ -201,12 +214,25 @@ def _export_in_child(name: str, workdir: Path, say: Say, jobs: int) -> dict[str,
             say(text)
         elif kind == "result":
             row = json.loads(text)
+            rows[row["name"]] = row
     code = child.wait()
-    if row is None:
-        error = f"the export process died (exit code {code}) before it reported"
-        say(f"export tiny -> {name}: FAILED: {error}")
-        return {"name": name, "backend": options.recipe, "options": options.describe(), "ok": False, "error": error}
-    return row
+    for name in names:
+        if name not in rows:
+            options = check_exports()[name]
+            error = f"the export process died (exit code {code}) before it reported"
+            say(f"export tiny -> {name}: FAILED: {error}")
+            rows[name] = {"name": name, "backend": options.recipe, "options": options.describe(), "ok": False,
+                          "error": error}  # fmt: skip
+    return [rows[name] for name in names]
+
+
+def export_groups(names: list[str]) -> list[list[str]]:
+    """The export processes check starts: the longest export (:data:`LONGEST_FIRST`) in a process of its own, the
+    others together, longest first (each process pays ~5-7 s of imports; the tiny exports are a few seconds each
+    when their lowered program is reused)."""
+    alone = [name for name in LONGEST_FIRST[:1] if name in names]
+    rest = [name for name in (*LONGEST_FIRST, *names) if name in names and name not in alone]
+    return [group for group in ([alone] if alone else []) + [list(dict.fromkeys(rest))] if group]
 
 
 def default_jobs() -> int:
@@ -214,18 +240,23 @@ def default_jobs() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def run_check(say: Say = print, keep: Path | None = None, jobs: int | None = None) -> dict[str, Any]:
+def run_check(
+    say: Say = print, keep: Path | None = None, jobs: int | None = None, exports: tuple[str, ...] | None = None
+) -> dict[str, Any]:
     """Run the whole check; returns the machine record (``ok`` says whether everything passed).
 
     ``keep``: a directory to leave the exported programs (``tiny-<name>.pte`` + ``.json``) in. ``jobs``: how
     many of its independent jobs (the two reproducer processes, one process per export) run at once
     (:func:`default_jobs` when not given); the longest start first, and the record is the same in any order.
+    ``exports``: which of :func:`check_exports` to run (all when not given); the record names them all under
+    ``exports_selected`` so a reader can tell a program not run from one that failed.
     """
     from gemma3n_export_fixes.cli.stack import status_record
     from gemma3n_export_fixes.export.kvcache import unsupported_reason
 
     require("executorch", "check", "executorch")
     jobs = jobs or default_jobs()
+    selected = exports or tuple(check_exports())
     started = time.perf_counter()
     status = status_record()
     versions = status["versions"]
@@ -249,20 +280,20 @@ def run_check(say: Say = print, keep: Path | None = None, jobs: int | None = Non
         said(f"reproducers: {mode} done in {time.perf_counter() - start:.1f} s")
         return rows
 
-    def export(name: str, workdir: Path) -> dict[str, Any]:
-        options = check_exports()[name]
-        if options.kv_cache and kv_reason:
-            return _kv_refused(name, options, kv_reason)
-        return _export_in_child(name, workdir, said, jobs)
+    def export(names: list[str], workdir: Path) -> list[dict[str, Any]]:
+        refused = {name: _kv_refused(name, check_exports()[name], kv_reason)
+                   for name in names if kv_reason and check_exports()[name].kv_cache}  # fmt: skip
+        run = [name for name in names if name not in refused]
+        done = dict(zip(run, _exports_in_child(run, workdir, said, jobs), strict=True)) if run else {}
+        return [{**refused, **done}[name] for name in names]
 
     def run_all(workdir: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-        names = list(check_exports())
+        names = list(selected)
         with ThreadPoolExecutor(max_workers=jobs) as pool:
-            longest_first = {name: pool.submit(export, name, workdir) for name in LONGEST_FIRST if name in names}
+            groups = [pool.submit(export, group, workdir) for group in export_groups(names)]
             upstream, patched = pool.submit(reproduce, "upstream"), pool.submit(reproduce, "patched")
-            rest = {name: pool.submit(export, name, workdir) for name in names if name not in longest_first}
-            futures = {**longest_first, **rest}
-            return upstream.result(), patched.result(), [futures[name].result() for name in names]
+            rows = {row["name"]: row for group in groups for row in group.result()}
+            return upstream.result(), patched.result(), [rows[name] for name in names]
 
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
@@ -279,6 +310,7 @@ def run_check(say: Say = print, keep: Path | None = None, jobs: int | None = Non
         "activation": status["activation"],
         "patches": patches,
         "exports": done,
+        "exports_selected": list(selected),
         "jobs": jobs,
         "seconds": round(time.perf_counter() - started, 1),
     }

@@ -247,7 +247,7 @@ def _cmd_sizes(args: argparse.Namespace, con: Console) -> int:
 
 
 def _cmd_check(args: argparse.Namespace, con: Console) -> int:
-    from gemma3n_export_fixes.cli.check import print_summary, run_check, write_json
+    from gemma3n_export_fixes.cli.check import print_summary, run_check, select_exports, write_json
 
     if args.json and Path(args.json).is_dir():
         raise UserError(f"--json {args.json}: is a directory")
@@ -256,7 +256,8 @@ def _cmd_check(args: argparse.Namespace, con: Console) -> int:
         raise UserError(f"--keep {args.keep}: exists and is not a directory")
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: must be at least 1")
-    record = run_check(say=con.print, keep=keep, jobs=args.jobs)
+    names = select_exports(args.exports)
+    record = run_check(say=con.print, keep=keep, jobs=args.jobs, exports=names)
     print_summary(record, say=con.print)
     if args.json:
         write_json(record, Path(args.json))
@@ -443,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     check.add_argument("--json", metavar="FILE", help="also write the machine record (what a matrix cell stores)")
     check.add_argument("--keep", metavar="DIR", help="keep the exported programs (tiny-NAME.pte + .json) in DIR")
+    check.add_argument(
+        "--exports", metavar="NAMES",
+        help="only these exports, comma-separated (default: all four: portable,xnnpack,kv-portable,kv-8da4w-4w; "
+             "a matrix cell runs the ones its row's kind names in matrix/grid.toml)",
+    )  # fmt: skip
     check.add_argument(
         "--jobs", type=int, metavar="N",
         help="how many of its jobs (reproducer and export processes) run at once (default: one per core, at most 4; "

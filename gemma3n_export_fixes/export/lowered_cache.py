@@ -11,8 +11,8 @@ and its result is a function of what this key covers:
   traces (file names and line numbers of the transformers release that traced it) and autograd sequence
   numbers, which no lowering pass reads;
 - the export options, the program's constant methods, the toolchain patches applied (by id);
-- the versions of torch, executorch and torchao, and the source of this package's ``export`` folder and of its
-  toolchain patches (``plugin/patches/toolchain``).
+- the versions of torch, executorch and torchao, and the code of this package's ``export`` folder and of its
+  toolchain patches (``plugin/patches/toolchain``; docstrings and comments left out).
 
 Same key, same lowering input, same code: the stored ``.pte`` is the one the lowering would write
 (``tests/test_lowered_cache.py`` lowers a program twice, once from a second transformers-equivalent trace,
@@ -105,11 +105,15 @@ def _graphs_text(exported: Any) -> str:
 
 
 def _package_source_digest() -> str:
+    """The code (not the docstrings or comments: ``module_fingerprint``) of the export folder and the toolchain
+    patches: what the lowering of a given graph can depend on in this package."""
+    from gemma3n_export_fixes.plugin.fingerprint import module_fingerprint
+
     package = Path(__file__).parent.parent
     h = hashlib.sha256()
     for folder in (package / "export", package / "plugin" / "patches" / "toolchain"):
         for path in sorted(folder.glob("*.py")):
-            h.update(path.name.encode() + path.read_bytes())
+            h.update(path.name.encode() + module_fingerprint(path.read_text(encoding="utf-8")).encode())
     return h.hexdigest()
 
 

@@ -136,9 +136,9 @@ PATCH = Patch(
         "skip list)"
     ),
     needed_on=SpecifierSet(">=4.53.0"),
-    verified_through="5.23.0",
-    targets=(Target(PATH, {"6a96b990e159b20a": "4.53.0 - 5.23.0 (every release so far)"}),),
+    verified_through="5.25.0",
+    targets=(Target(PATH, {"6a96b990e159b20a": "4.53.0 - 5.25.0 (every release so far)"}),),
     build=build,
     reproduce=reproduce,
-    upstream="open: no upstream fix yet (every release 4.53.0 - 5.23.0 has the same code)",
+    upstream="open: no upstream fix yet (every release 4.53.0 - 5.25.0 has the same code)",
 )

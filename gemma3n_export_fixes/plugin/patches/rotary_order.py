@@ -1,4 +1,4 @@
-"""rotary-order: the rotary embeddings in a fixed order, not a set's (transformers 5.6.0 - 5.23.0 at least).
+"""rotary-order: the rotary embeddings in a fixed order, not a set's (transformers 5.6.0 - 5.25.0 at least).
 
 Defect: since 5.6.0 ``Gemma3nTextModel.forward`` computes the rotary embeddings with
 ``for layer_type in set(self.config.layer_types)``. A set of strings iterates in the order of the strings'
@@ -192,7 +192,7 @@ PATCH = Patch(
         "process's hash seed: the same model and options trace different graphs and write different .pte bytes"
     ),
     needed_on=SpecifierSet(">=5.6.0"),
-    verified_through="5.23.0",
+    verified_through="5.25.0",
     targets=(
         Target(
             MODEL_FORWARD,
@@ -200,11 +200,12 @@ PATCH = Patch(
                 "ef572a900d9b7b5b": "5.6.0 - 5.8.1",
                 "61d973ba26cef2ee": "5.9.0 - 5.22.2",
                 "08fe05329843d83c": "5.23.0",
+                "ff932ffd770a95b6": "5.24.0 - 5.25.0",
             },
         ),
     ),
     build=build,
     reproduce=reproduce,
     reproduce_with=("altup-clamp", "gaussian-topk"),  # a trace of the model needs them where they apply
-    upstream="not fixed through 5.23.0 (PR not identified: 5.6.0 turned the loop over config.layer_types into a set)",
+    upstream="not fixed through 5.25.0 (PR not identified: 5.6.0 turned the loop over config.layer_types into a set)",
 )
