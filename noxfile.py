@@ -30,6 +30,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.append(str(ROOT))
 
 from matrix.grid import (  # noqa: E402
+    cell_exports,
+    cell_kind,
     client_pins,
     default_stack,
     find_links_args,
@@ -107,11 +109,16 @@ def tests(session: nox.Session, row: dict) -> None:
     old = Path(session.create_tmp()) / "old-transformers"
     session.run("python", "-m", "pip", "download", "-q", "--no-deps", "transformers==4.52.4", "-d", str(old))
     (wheel,) = old.glob("transformers-4.52.4-*.whl")
+    # What the row varies decides what runs, as in its matrix cell (grid.toml [cells]): the shared `check` exports
+    # the row's kind's programs, and on a row that varies transformers only the toolchain tests are left to the
+    # rows that vary the toolchain (the default row among the CI rows).
+    env = {"GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL": str(wheel), "GEMMA3N_TEST_CHECK_EXPORTS": ",".join(cell_exports(row))}
+    marks = ["-m", "not toolchain"] if cell_kind(row) == "model" and "-m" not in session.posargs else []
     # Two workers (or more on a bigger machine): one pytest process keeps ~1 of 2 cores busy (it waits on
     # the CLI processes it starts); a file's tests stay on one worker, check_run is shared (tests/conftest.py).
     # (Not --dist loadgroup: with pytest 9.2 + xdist 3.8 its xdist_group marks grouped nothing, measured.)
     session.run("pytest", "-p", "no:cacheprovider", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile",
-                *session.posargs, env={"GEMMA3N_TEST_OLD_TRANSFORMERS_WHEEL": str(wheel)})  # fmt: skip
+                *marks, *session.posargs, env=env)  # fmt: skip
 
 
 @nox.session(venv_backend="none")

@@ -99,6 +99,18 @@ def tiny_checkpoint(tmp_path_factory, gemma3n_module):
     return path
 
 
+#: ``check --exports`` of the shared run: what the CI row's cell kind runs (matrix/grid.toml ``[cells]``; the tests
+#: session sets it), all four when unset.
+CHECK_EXPORTS = os.environ.get("GEMMA3N_TEST_CHECK_EXPORTS", "portable,xnnpack,kv-portable,kv-8da4w-4w").split(",")
+
+
+def require_check_export(name: str) -> None:
+    """Skip (with the reason) when the shared ``check`` run of this row does not export ``name``."""
+    if name not in CHECK_EXPORTS:
+        pytest.skip(f"{name} is not exported on this row (a row that varies transformers only runs "
+                    f"{','.join(CHECK_EXPORTS)}; the default-stack row runs it: matrix/grid.toml [cells])")  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def check_run(tmp_path_factory, gemma3n_module):
     """``check --json --keep``, run once: (process result, its JSON record, the directory of its programs).
@@ -119,7 +131,8 @@ def check_run(tmp_path_factory, gemma3n_module):
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not done.exists():
             base.mkdir(exist_ok=True)
-            cmd = ["-m", "gemma3n_export_fixes.cli", "check", "--json", str(out), "--keep", str(keep)]
+            cmd = ["-m", "gemma3n_export_fixes.cli", "check", "--json", str(out), "--keep", str(keep),
+                   "--exports", ",".join(CHECK_EXPORTS)]  # fmt: skip
             ran = run_python(cmd, timeout=1800)
             done.write_text(json.dumps([ran.args, ran.returncode, ran.stdout, ran.stderr]))
     result = subprocess.CompletedProcess(*json.loads(done.read_text()))

@@ -11,7 +11,7 @@ import json
 import pytest
 from test_commands import CLI, one_line_error
 
-from conftest import one_char_tokenizer, require_kv_cache, run_python
+from conftest import one_char_tokenizer, require_check_export, require_kv_cache, run_python
 
 
 def test_kv_support_is_declared_on_every_release_with_gemma3n():
@@ -74,6 +74,7 @@ def test_float_kv_program_matches_eager_generate_token_by_token(kv_programs):
 
 @pytest.mark.slow
 def test_quantized_kv_program_matches_the_quantized_eager_model(kv_programs):
+    require_check_export("kv-8da4w-4w")
     pte = kv_programs / "tiny-kv-8da4w-4w.pte"
     result = run_python([*CLI, "validate", str(pte), "--json"])
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
@@ -172,6 +173,7 @@ def test_programs_carry_the_llm_runner_metadata(kv_programs, gemma3n_module):
 def test_executorch_llm_runner_generates_what_our_generate_does(kv_programs, tmp_path, program):
     """ExecuTorch's C++ ``TextLLMRunner`` (the runner of its Android/iOS apps), greedy, on our program: the same
     tokens as ``generate``. The 8da4w + 4w program needs ExecuTorch's quantized kernels loaded in the process."""
+    require_check_export(program.removeprefix("tiny-").removesuffix(".pte"))
     from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
 
     from gemma3n_export_fixes.pte import load_quantized_kernels

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.toolchain
 torch = pytest.importorskip("torch")
 pytest.importorskip("executorch", reason="executorch is not installed")
 

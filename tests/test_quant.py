@@ -141,6 +141,7 @@ def small_checkpoint(tmp_path_factory, gemma3n_module):
 
 
 @pytest.mark.slow
+@pytest.mark.toolchain
 def test_8da8w_with_8w_embeddings_on_xnnpack(small_checkpoint, tmp_path):
     pytest.importorskip("torchao", reason="--quant needs torchao")
     out = tmp_path / "q.pte"
@@ -158,6 +159,7 @@ def test_8da8w_with_8w_embeddings_on_xnnpack(small_checkpoint, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.toolchain
 def test_int8_on_xnnpack_still_fails_at_execute(small_checkpoint, tmp_path, gemma3n_module):
     """The upstream defect ``export`` refuses: int8 weight-only linears on XNNPACK. With our XNNPACK forms the
     lowering itself fails (ExecuTorch's ``ConvertToLinearPass`` hits a shape error); without
