@@ -117,8 +117,9 @@ def tests(session: nox.Session, row: dict) -> None:
     # Two workers (or more on a bigger machine): one pytest process keeps ~1 of 2 cores busy (it waits on
     # the CLI processes it starts); a file's tests stay on one worker, check_run is shared (tests/conftest.py).
     # (Not --dist loadgroup: with pytest 9.2 + xdist 3.8 its xdist_group marks grouped nothing, measured.)
+    # --durations: every run's log says where the time goes (CI's budget is 30 min for everything).
     session.run("pytest", "-p", "no:cacheprovider", "-n", "auto", "--maxprocesses", "4", "--dist", "loadfile",
-                *marks, *session.posargs, env=env)  # fmt: skip
+                "--durations", "15", *marks, *session.posargs, env=env)  # fmt: skip
 
 
 @nox.session(venv_backend="none")
