@@ -37,8 +37,11 @@ from matrix.grid import (  # noqa: E402
     find_links_args,
     inputs_hash,
     is_current,
+    load_result,
     load_rows,
     pins,
+    stale_rows,
+    tagged,
     tool_pin,
 )
 
@@ -130,7 +133,6 @@ def matrix(session: nox.Session, row: dict) -> None:
     `-- --reproduce` re-runs the cell from scratch (current or not, no lowered program reused) into .nox/ and
     fails unless it makes the same claims as the stored result (CI, on the smoke rows)."""
     from matrix.cell import LOWERED_CACHE, reproduction_differences, run_cell
-    from matrix.grid import load_result
 
     if "heavy" in row["tags"] and "--heavy" not in session.posargs:
         session.skip(f"{row['id']} is a heavy row (torch {row['torch']}); run it with -- --heavy")
@@ -160,13 +162,11 @@ def matrix(session: nox.Session, row: dict) -> None:
 def matrix_current(session: nox.Session) -> None:
     """Fail, naming them, when a grid row's stored result is missing or not current for these sources (CI's
     first step: evidence from an older package may not land). `nox -s matrix` re-runs exactly those rows."""
-    from matrix.grid import stale_rows
-
     stale = stale_rows(GRID)
     if stale:
         session.error(f"{len(stale)} grid row(s) not current for these sources: {', '.join(stale)}; "
                       "run `nox -s matrix` (stale rows only), then `nox -s matrix_report`")  # fmt: skip
-    session.log(f"every grid row's stored result is current ({sum('grid' in r['tags'] for r in GRID)} rows)")
+    session.log(f"every grid row's stored result is current ({len(tagged('grid', GRID))} rows)")
 
 
 @nox.session(venv_backend="none")

@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import os
 import queue
+import statistics
 import subprocess
 import sys
 import threading
@@ -90,8 +91,7 @@ def main() -> int:
         thread.join()
     wall = round(time.perf_counter() - started, 1)
     print(f"grid wall: {wall} s for {len(done)} cells, {args.jobs} at a time", flush=True)
-    seconds = sorted(cell["seconds"] for cell in done.values())
-    median = seconds[len(seconds) // 2] if len(seconds) % 2 else sum(seconds[len(seconds) // 2 - 1 :][:2]) / 2
+    median = statistics.median(cell["seconds"] for cell in done.values()) if done else 0.0
     print(f"median cell: {median} s", flush=True)
     if args.json:
         command = "python benchmarks/grid_wall.py " + " ".join(sys.argv[1:])

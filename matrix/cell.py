@@ -123,8 +123,8 @@ def run_cell(
         env.setdefault("PYTHONHASHSEED", "0")
         if lowered_cache is not None:
             env["GEMMA3N_EXPORT_FIXES_LOWERED_CACHE"] = str(lowered_cache)
-        log(f"{cli} check --exports {','.join(cell_exports(row))} --json ...")
         exports = ",".join(cell_exports(row))
+        log(f"{cli} check --exports {exports} --json ...")
         proc = subprocess.run([str(cli), "check", "--exports", exports, "--json", str(record_file)], cwd=tmp,
                               env=env, capture_output=True, text=True)  # fmt: skip
         if record_file.exists():

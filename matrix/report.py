@@ -230,10 +230,9 @@ def cost_lines(path: Path = GRID_WALL) -> list[str]:
         record = json.loads(path.read_text())
     except (OSError, ValueError):
         return []
-    median = record.get("median_cell", (record.get("cell_seconds") or {}).get("median"))  # older records: nested
     return [
         f"Cost: {record['cells_run']} cells in {record['wall'] / 60:.1f} min, {record['jobs']} at a time, median "
-        f"cell {median:.0f} s ({record['machine']}, {record['date']}: `{record['command']}`; "
+        f"cell {record['median_cell']:.0f} s ({record['machine']}, {record['date']}: `{record['command']}`; "
         "`nox -s matrix` runs only the stale cells, and CI refuses a submission with one).",
         "",
     ]
